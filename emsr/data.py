@@ -16,10 +16,15 @@ from emsr.errors import DataError
 from emsr.intensity import SUPPORTED_DTYPES, IntensityRange
 
 
+def numpy_dtype(volume: Any) -> np.dtype:
+    """The NumPy dtype of an array-like (tensorstore's dtypes carry it as `numpy_dtype`)."""
+    return np.dtype(getattr(volume.dtype, "numpy_dtype", volume.dtype))
+
+
 def _check_volume(name: str, volume: Any) -> None:
     if len(volume.shape) != 3:
         raise DataError(f"{name} must be a 3-D (z, y, x) volume, got shape {tuple(volume.shape)}")
-    if np.dtype(volume.dtype) not in SUPPORTED_DTYPES:
+    if numpy_dtype(volume) not in SUPPORTED_DTYPES:
         raise DataError(f"{name} has dtype {volume.dtype}; use uint8, uint16 or float32")
 
 
@@ -44,7 +49,8 @@ class PairedVolumes:
                 f"HR shape {tuple(hr.shape)} is not LR shape {tuple(lr.shape)} × (1, {scale}, "
                 f"{scale}) = {expected}; check --scale or the pair of volumes"
             )
-        return cls(lr, hr, scale, IntensityRange.of_dtype(lr.dtype), IntensityRange.of_dtype(hr.dtype))
+        ranges = IntensityRange.of_dtype(numpy_dtype(lr)), IntensityRange.of_dtype(numpy_dtype(hr))
+        return cls(lr, hr, scale, *ranges)
 
     @property
     def sections(self) -> int:

@@ -1,0 +1,195 @@
+"""The `emsr` command line: parses options into flow parameters, runs the flow, prints one
+closing line saying where the result is. Problems the user can fix end with one line on
+stderr and exit code 2 (add --debug for the traceback).
+
+Heavy modules (torch, prefect, dask) are imported inside the commands so `--help` is quick.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from emsr.errors import DEBUG_ENV
+
+app = typer.Typer(
+    help="Super-resolve electron-microscopy volumes with EMSR.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+USER_ERROR_EXIT = 2
+
+Triple = Annotated[str | None, typer.Option(metavar="Z,Y,X")]
+
+
+def fail(message: str) -> None:
+    from flows.progress import console
+
+    console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(USER_ERROR_EXIT)
+
+
+def triple(text: str | None, name: str) -> tuple[int, int, int] | None:
+    from pipeline.geometry import parse_triple
+
+    return parse_triple(text, name) if text else None
+
+
+def run_flow(flow: Any, params: Any) -> dict:
+    """Run a flow; a failed run becomes its one-line message and exit code 2."""
+    state = flow(params, return_state=True)
+    if state.is_failed() or state.is_crashed():
+        if os.environ.get(DEBUG_ENV):
+            state.result()
+        fail(state.message or "the run failed (rerun with --debug for details)")
+    return state.result()
+
+
+def done(message: str) -> None:
+    from flows.progress import console
+
+    console().print(message, highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option(help="show tracebacks and Prefect's logs")] = False,
+) -> None:
+    """Runs before every command: quiet Prefect unless debugging."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+    else:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def one_line(error: Exception) -> str:
+    """An error as one line; pydantic's multi-line report becomes 'option: problem; …'."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        problems = (f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+                    for e in error.errors())
+        return "; ".join(problems)
+    return str(error)
+
+
+def guarded(function: Any) -> Any:
+    """User errors raised outside a flow (option parsing) become one line too."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        from emsr.errors import EMSRError
+
+        try:
+            return function(*args, **kwargs)
+        except (EMSRError, ValidationError) as error:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            fail(one_line(error))
+
+    return wrapper
+
+
+@app.command()
+@guarded
+def phantom(
+    out_dir: Annotated[Path, typer.Argument(help="folder for hr_clean, hr, hr2 and lr .zarr")],
+    shape: Annotated[str, typer.Option(metavar="Z,Y,X", help="HR shape")] = "16,256,256",
+    scale: Annotated[int, typer.Option(help="LR is this much coarser in y and x")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write EM-like phantom volumes with known clean truth (the project's test data)."""
+    from flows.phantom import write_phantom
+
+    written = write_phantom(out_dir, triple(shape, "--shape"), scale, seed)
+    done(f"phantom volumes: {', '.join(str(p) for p in written)}")
+
+
+@app.command()
+@guarded
+def train(
+    lr: Annotated[str, typer.Option(help="LR volume URL")],
+    hr: Annotated[str, typer.Option(help="HR volume URL (may be noisy)")],
+    out: Annotated[Path, typer.Option(help="checkpoint directory")],
+    preset: Annotated[str, typer.Option(help="small or paper")] = "small",
+    scale: Annotated[int, typer.Option()] = 2,
+    loss: Annotated[str, typer.Option(help="l1, l2 or charbonnier")] = "l1",
+    steps: Annotated[int, typer.Option()] = 500,
+    batch_size: Annotated[int, typer.Option()] = 4,
+    patch: Annotated[int, typer.Option(help="LR patch size, px")] = 48,
+    learning_rate: Annotated[float, typer.Option()] = 1e-4,
+    halve_every: Annotated[int, typer.Option(help="halve the learning rate every N steps")] = 50_000,
+    noisier_branch: Annotated[bool, typer.Option(help="noise-robust weight sharing")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="continue the checkpoint in --out")] = False,
+) -> None:
+    """Train EMSR on an LR/HR pair of volumes; no clean reference needed."""
+    from flows.params import TrainParams
+    from flows.train import train_flow
+
+    params = TrainParams(
+        lr_url=lr, hr_url=hr, out=str(out), preset=preset, scale=scale, loss=loss, steps=steps,
+        batch_size=batch_size, patch=patch, learning_rate=learning_rate, halve_every=halve_every,
+        noisier_branch=noisier_branch, device=device, seed=seed, resume=resume,
+    )  # fmt: skip
+    result = run_flow(train_flow, params)
+    psnr = result["validation_psnr_db"]
+    tail = f" (validation PSNR {psnr:.2f} dB)" if psnr is not None else ""
+    done(f"checkpoint: {result['checkpoint']} at step {result['step']}{tail}")
+
+
+@app.command("super-resolve")
+@guarded
+def super_resolve(
+    input_url: Annotated[str, typer.Argument(metavar="INPUT", help="LR volume URL")],
+    output_url: Annotated[str, typer.Argument(metavar="OUTPUT", help="SR volume URL")],
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint directory")],
+    block: Triple = None,
+    chunk: Triple = None,
+    shard: Triple = None,
+    roi: Annotated[str | None, typer.Option(metavar="z0:z1,y0:y1,x0:x1")] = None,
+    tile: Annotated[int, typer.Option(help="LR tile core, px")] = 512,
+    halo: Annotated[int, typer.Option(help="LR context per tile side, px")] = 16,
+    scale: Annotated[int | None, typer.Option(help="must match the checkpoint")] = None,
+    normalization: Annotated[str, typer.Option(help="auto, dtype or percentile")] = "auto",
+    cluster: Annotated[str, typer.Option(help="local, slurm or tcp://HOST:PORT")] = "local",
+    workers: Annotated[int, typer.Option()] = 2,
+    threads_per_worker: Annotated[int, typer.Option()] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option()] = 4,
+    retries: Annotated[int, typer.Option(help="attempts after a block's first failure")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="replace an output of another run")] = False,
+    slurm_config: Annotated[Path | None, typer.Option(help="dask-jobqueue YAML")] = None,
+) -> None:
+    """Super-resolve a volume blockwise on Dask; rerun the same command to resume."""
+    from flows.params import SuperResolveParams
+    from flows.super_resolve import super_resolve_flow
+
+    params = SuperResolveParams(
+        input_url=input_url, output_url=output_url, checkpoint=str(checkpoint),
+        block=triple(block, "--block"), chunk=triple(chunk, "--chunk"),
+        shard=triple(shard, "--shard"), roi=roi, tile=tile, halo=halo, scale=scale,
+        normalization=normalization, cluster=cluster, workers=workers,
+        threads_per_worker=threads_per_worker, device=device, batch_size=batch_size,
+        retries=retries, overwrite=overwrite,
+        slurm_config=str(slurm_config) if slurm_config else None,
+    )  # fmt: skip
+    result = run_flow(super_resolve_flow, params)
+    done(
+        f"{result['blocks_computed']} blocks computed, {result['blocks_skipped']} already done; "
+        f"output: {result['output']}"
+    )
+
+
+if __name__ == "__main__":
+    app()

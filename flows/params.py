@@ -1,0 +1,69 @@
+"""Typed flow parameters: the Prefect UI renders each model as a form, the CLI fills them in.
+
+Sizes are (z, y, x) lists of voxels; volume URLs are Neuroglancer source strings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from pipeline.geometry import Box
+from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, SuperResolveRequest
+
+Triple = tuple[int, int, int]
+
+
+class SuperResolveParams(BaseModel):
+    """Super-resolve INPUT into OUTPUT with a trained checkpoint."""
+
+    input_url: str = Field(description="LR volume: zarr3://, zarr://, precomputed:// or a .zarr path")
+    output_url: str = Field(description="SR volume to create or continue (same URL forms)")
+    checkpoint: str = Field(description="checkpoint directory (model.safetensors + config.json)")
+    block: Triple | None = Field(None, description="output voxels per block (z, y, x)")
+    chunk: Triple | None = Field(None, description="output storage chunk (z, y, x)")
+    shard: Triple | None = Field(None, description="output shard (z, y, x), a multiple of chunk")
+    roi: str | None = Field(None, description="output region z0:z1,y0:y1,x0:x1 (output voxels)")
+    tile: int = Field(DEFAULT_TILE, description="LR tile core, pixels")
+    halo: int = Field(DEFAULT_HALO, description="LR context around each tile, pixels")
+    scale: int | None = Field(None, description="expected scale; must match the checkpoint")
+    normalization: Literal["auto", "dtype", "percentile"] = "auto"
+    cluster: str = Field("local", description="local, slurm or tcp://HOST:PORT")
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(4, ge=1)
+    retries: int = Field(2, ge=0)
+    overwrite: bool = False
+    slurm_config: str | None = Field(None, description="dask-jobqueue YAML for --cluster slurm")
+
+    def to_request(self) -> SuperResolveRequest:
+        return SuperResolveRequest(
+            **self.model_dump(exclude={"roi", "slurm_config"}),
+            roi=Box.parse(self.roi) if self.roi else None,
+            slurm_config=Path(self.slurm_config) if self.slurm_config else None,
+        )
+
+
+class TrainParams(BaseModel):
+    """Train EMSR on a pair of aligned LR/HR volumes (both may be noisy)."""
+
+    lr_url: str = Field(description="LR volume")
+    hr_url: str = Field(description="HR volume of the same field, scale× larger in y and x")
+    out: str = Field(description="checkpoint directory to write")
+    preset: Literal["small", "paper"] = "small"
+    scale: int = Field(2, ge=2, le=4)
+    loss: Literal["l1", "l2", "charbonnier"] = "l1"
+    steps: int = Field(500, ge=0)
+    batch_size: int = Field(4, ge=1)
+    patch: int = Field(48, ge=8, description="LR patch size, pixels")
+    learning_rate: float = Field(1e-4, gt=0)
+    halve_every: int = Field(50_000, ge=1, description="halve the learning rate every N steps")
+    noisier_branch: bool = True
+    edge_attention: bool = True
+    self_attention: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    resume: bool = False

@@ -1,0 +1,62 @@
+"""The train flow: EMSR on aligned LR/HR volumes (noisy references are fine), with progress."""
+
+
+import numpy as np
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from emsr.data import PairedVolumes
+from emsr.errors import DataError
+from emsr.training import TrainConfig, TrainProgress, train
+from flows.params import TrainParams
+from flows.progress import ProgressReport
+from flows.states import fail_on_user_error
+from pipeline.volumes import VolumeInfo, open_volume
+
+
+def check_voxel_sizes(lr: VolumeInfo, hr: VolumeInfo, scale: int) -> None:
+    """LR voxels must be `scale`× the HR voxels in y and x and equal in z (when both are known)."""
+    if not (lr.voxel_size_known and hr.voxel_size_known):
+        return
+    expected = (hr.voxel_size_nm[0], hr.voxel_size_nm[1] * scale, hr.voxel_size_nm[2] * scale)
+    if not np.allclose(lr.voxel_size_nm, expected, rtol=1e-3):
+        raise DataError(
+            f"LR voxel size {lr.voxel_size_nm} nm is not HR {hr.voxel_size_nm} nm × (1, {scale}, "
+            f"{scale}); check --scale or the pair of volumes"
+        )
+
+
+def open_pairs(lr_url: str, hr_url: str, scale: int) -> PairedVolumes:
+    """Open both volumes lazily (patches are read as drawn) and check they pair at `scale`."""
+    lr, hr = open_volume(lr_url), open_volume(hr_url)
+    check_voxel_sizes(lr.info, hr.info, scale)
+    return PairedVolumes.from_arrays(lr.array, hr.array, scale)
+
+
+def train_config(params: TrainParams) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in params.model_dump().items() if k in fields})
+
+
+@flow(name="train", log_prints=True)
+@fail_on_user_error
+def train_flow(params: TrainParams) -> dict:
+    """Train (or resume) EMSR and leave a checkpoint directory."""
+    pairs = open_pairs(params.lr_url, params.hr_url, params.scale)
+    config = train_config(params)
+    with ProgressReport("train", "steps") as progress:
+        progress.start(config.steps)
+
+        def on_progress(update: TrainProgress) -> None:
+            psnr = f"val {update.validation_psnr:.2f} dB" if update.validation_psnr else ""
+            progress.advance_to(update.step, f"loss {update.loss:.4f} {psnr}")
+
+        result = train(pairs, config, params.out, resume=params.resume, on_progress=on_progress)
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "step": result.step,
+        "validation_psnr_db": result.validation_psnr,
+    }
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+    create_markdown_artifact(f"## Training\n\n| | |\n|---|---|\n{rows}\n", key="train-summary")
+    return summary

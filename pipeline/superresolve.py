@@ -1,0 +1,208 @@
+"""A super-resolve run end to end: check everything, plan blocks, create the output with its
+provenance, open the ledger, dispatch the pending blocks to Dask workers.
+
+Every check that can fail on bad input runs before anything is written (DESIGN invariant 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from emsr.checkpoint import Checkpoint, read_checkpoint
+from emsr.intensity import IntensityRange
+from pipeline.block import BlockTask
+from pipeline.cluster import connect
+from pipeline.dispatch import Dispatcher, RunProgress, RunReport, raise_for_failures
+from pipeline.errors import LedgerError, PlanError, VolumeError
+from pipeline.geometry import Box, Triple
+from pipeline.ledger import DoneLedger, configuration_hash
+from pipeline.plan import BlockPlan
+from pipeline.tiles import TileLattice
+from pipeline.urls import parse_volume_url, redact
+from pipeline.volumes import Volume, create_volume, open_volume
+
+DEFAULT_TILE = 512
+"""LR tile core (px). With the default halo the model computes (512+32)²/512² ≈ 1.13× the
+pixels it writes; see bench/RESULTS.md for the halo's accuracy and the redundancy."""
+DEFAULT_HALO = 16
+"""LR px of context around every tile; ≥ 78 dB agreement with whole-section inference."""
+DEFAULT_BLOCK_SECTIONS = 16
+DEFAULT_CHUNK_YX = 512
+
+
+@dataclass(frozen=True)
+class SuperResolveRequest:
+    """Everything a user chooses for one run (the CLI's and the flow's parameters)."""
+
+    input_url: str
+    output_url: str
+    checkpoint: str
+    block: Triple | None = None
+    chunk: Triple | None = None
+    shard: Triple | None = None
+    roi: Box | None = None
+    tile: int = DEFAULT_TILE
+    halo: int = DEFAULT_HALO
+    scale: int | None = None
+    normalization: str = "auto"
+    cluster: str = "local"
+    workers: int = 2
+    threads_per_worker: int = 1
+    device: str = "auto"
+    batch_size: int = 4
+    retries: int = 2
+    overwrite: bool = False
+    slurm_config: Path | None = None
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A checked request: the task every block shares, the plan and the configuration key."""
+
+    task: BlockTask
+    plan: BlockPlan
+    key: str
+    output: Volume
+    provenance: dict = field(default_factory=dict)
+
+
+def default_chunk(output_shape: Triple) -> Triple:
+    return (1, min(DEFAULT_CHUNK_YX, output_shape[1]), min(DEFAULT_CHUNK_YX, output_shape[2]))
+
+
+def default_block(chunk: Triple, scale: int, tile: int) -> Triple:
+    """Blocks whose LR footprint is two tiles wide: no tile straddles two blocks."""
+    in_plane = [-(-2 * tile * scale // c) * c for c in chunk[1:]]
+    return (max(chunk[0], DEFAULT_BLOCK_SECTIONS // chunk[0] * chunk[0]), *in_plane)  # type: ignore[return-value]
+
+
+def choose_intensity(source: Volume, normalization: str) -> IntensityRange:
+    """The one mapping to [0, 1] for the whole volume: the dtype's range for integers, a
+    percentile pass over evenly spaced sections for floats (or when asked)."""
+    if normalization not in ("auto", "dtype", "percentile"):
+        raise PlanError(f"--normalization must be auto, dtype or percentile, not {normalization!r}")
+    integer = np.issubdtype(source.info.dtype, np.integer)
+    if normalization == "dtype" or (normalization == "auto" and integer):
+        return IntensityRange.of_dtype(source.info.dtype)
+    sections, height, width = source.info.shape
+    picks = np.unique(np.linspace(0, sections - 1, num=min(8, sections)).astype(int))
+    crop = (slice((height - min(height, 1024)) // 2, None), slice((width - min(width, 1024)) // 2, None))
+    sample = np.concatenate(
+        [source.read((slice(z, z + 1), crop[0], crop[1])).ravel()[: 1 << 20] for z in picks]
+    )
+    if not np.isfinite(sample).all():
+        raise VolumeError(f"{source.info.url} contains NaN or Inf values; clean it first")
+    return IntensityRange.from_percentiles(sample)
+
+
+def check_scale(request: SuperResolveRequest, checkpoint: Checkpoint) -> int:
+    if request.scale is not None and request.scale != checkpoint.scale:
+        raise PlanError(
+            f"the checkpoint super-resolves ×{checkpoint.scale}, not ×{request.scale}; "
+            "use a checkpoint trained for that scale or drop --scale"
+        )
+    return checkpoint.scale
+
+
+def prepare(request: SuperResolveRequest) -> PreparedRun:
+    """Validate the request, then create (or reopen) the output with its provenance."""
+    checkpoint = read_checkpoint(request.checkpoint)
+    scale = check_scale(request, checkpoint)
+    source = open_volume(request.input_url)
+    z, y, x = source.info.shape
+    output_shape = (z, y * scale, x * scale)
+    chunk = request.chunk or default_chunk(output_shape)
+    write_unit = request.shard or chunk
+    block = request.block or default_block(write_unit, scale, request.tile)
+    plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, request.roi)
+    lattice = TileLattice.for_section((y, x), request.tile, request.halo, checkpoint.model.config.window)
+    intensity = choose_intensity(source, request.normalization)
+    configuration = {
+        "input": redact(request.input_url),
+        "checkpoint_sha256": checkpoint.sha256,
+        "scale": scale,
+        "lattice": {"core": list(lattice.core), "halo": lattice.halo},
+        "intensity": intensity.to_dict(),
+        "batch_size": request.batch_size,
+        "output_dtype": source.info.dtype.name,
+        "block": list(block),
+        "chunk": list(chunk),
+    }
+    key = configuration_hash(configuration)
+    provenance = {
+        "version": version("emsr-pipeline"),
+        "configuration_hash": key,
+        "checkpoint_dir": str(Path(request.checkpoint).resolve()),
+        **configuration,
+    }
+    voxel_size = tuple(v / f for v, f in zip(source.info.voxel_size_nm, (1, scale, scale)))
+    output = create_volume(
+        request.output_url,
+        output_shape,
+        source.info.dtype,
+        voxel_size,
+        chunk,
+        shard=request.shard,
+        attributes=provenance,
+        overwrite=request.overwrite,
+    )
+    recorded = output.read_attributes().get("configuration_hash")
+    if recorded != key:
+        raise LedgerError(
+            f"{redact(request.output_url)} was written with another configuration "
+            f"(input, checkpoint, tiles or blocks differ); pass --overwrite to replace it "
+            "or choose another output"
+        )
+    task = BlockTask(
+        input_url=request.input_url,
+        output_url=request.output_url,
+        checkpoint_dir=str(Path(request.checkpoint).resolve()),
+        checkpoint_sha256=checkpoint.sha256,
+        scale=scale,
+        lattice=lattice,
+        intensity=intensity,
+        device=request.device,
+        batch_size=request.batch_size,
+    )
+    return PreparedRun(task, plan, key, output, provenance)
+
+
+def super_resolve(
+    request: SuperResolveRequest,
+    on_start: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
+) -> RunReport:
+    """plan → skip blocks already done → dispatch the rest → record each as it lands."""
+    run = prepare(request)
+    ledger = DoneLedger.open(request.output_url, run.key, run.plan.block_count)
+    if run.plan.roi is None:
+        indices, skipped = range(run.plan.block_count), ledger.done_count
+    else:
+        indices = list(run.plan.indices())
+        skipped = int(np.count_nonzero(ledger.done[np.asarray(indices)]))
+    total = len(indices)
+    if on_start:
+        on_start(total, skipped)
+    with connect(
+        request.cluster,
+        request.workers,
+        threads_per_worker=request.threads_per_worker,
+        slurm_config=request.slurm_config,
+    ) as client:
+        dispatcher = Dispatcher(client, run.task, run.plan, ledger, retries=request.retries)
+        report = dispatcher.run(ledger.pending(indices), total, skipped, on_progress)
+    raise_for_failures(report, run.plan)
+    return report
+
+
+def output_source(url: str) -> str:
+    """The output as a Neuroglancer source string, for the last line of a run."""
+    if "://" in url or "|" in url:
+        return redact(url)
+    source = parse_volume_url(url)
+    return f"{source.format}://file://{source.kvstore['path'].rstrip('/')}"

@@ -1,0 +1,176 @@
+"""Volume URLs: Neuroglancer source strings → a format, a tensorstore kvstore, its metadata.
+
+Users paste the same string into Neuroglancer and into `emsr`, so we accept its forms:
+`zarr3://…`, `zarr://…` (Zarr v2), `precomputed://…` and the newer `…|zarr3:` pipe form,
+each on top of `file://`, `gs://`, `s3://`, `http(s)://` or a local path. A bare path ending
+in `.zarr` is Zarr v3. Credentials inside a URL never reach a message: every message goes
+through `redact` (URLs) or `scrub` (tensorstore's own error text).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import unquote
+
+import tensorstore as ts
+
+from pipeline.errors import VolumeError
+
+ACCEPTED_FORMS = (
+    "zarr3://, zarr:// (Zarr v2) or precomputed:// followed by file://, gs://, s3://, "
+    "http(s):// or a local path; a path ending in .zarr; or URL|zarr3:, URL|zarr2:, "
+    "URL|neuroglancer-precomputed:"
+)
+_PREFIX_FORMATS = MappingProxyType(
+    {"zarr3": "zarr3", "zarr": "zarr", "zarr2": "zarr", "precomputed": "precomputed"}
+)
+_PIPE_FORMATS = MappingProxyType({"zarr3:": "zarr3", "zarr2:": "zarr", "zarr:": "zarr3",
+                                  "neuroglancer-precomputed:": "precomputed"})
+_METADATA_KEYS = MappingProxyType(
+    {"zarr3": ("zarr.json",), "zarr": (".zarray", ".zgroup"), "precomputed": ("info",)})
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """Where a volume lives and in which format, and the metadata documents stored there.
+
+    `format` is "zarr3", "zarr" (v2) or "precomputed"; `kvstore` is the tensorstore spec of the
+    volume's root (a path ending in "/"). `detect_zarr_version` is set where the URL does not
+    pin the Zarr version (a bare `.zarr` path, `zarr://`, `|zarr:`): the other version's
+    metadata, if that is all the store holds, wins. `secrets` are substrings never to show.
+    """
+
+    format: str
+    kvstore: dict = field(hash=False, repr=False)
+    detect_zarr_version: bool = False
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def child(self, name: str) -> dict:
+        """The kvstore spec of the directory `name` inside the root (e.g. array "0")."""
+        return {**self.kvstore, "path": self.kvstore["path"] + name.strip("/") + "/"}
+
+    def stored_format(self) -> str | None:
+        """The format whose metadata is present (the URL's own first), or None if nothing is."""
+        candidates = [self.format]
+        if self.detect_zarr_version:
+            candidates.append("zarr" if self.format == "zarr3" else "zarr3")
+        for fmt in candidates:
+            if any(self.read_json(key)[0] is not None for key in _METADATA_KEYS[fmt]):
+                return fmt
+        return None
+
+    def exists(self, key: str) -> bool:
+        return self._store().read(key).result().state == "value"
+
+    def read_json(self, key: str) -> tuple[dict | None, bytes]:
+        """A JSON document (None when absent) and its generation, for conditional rewrites."""
+        result = self._store().read(key).result()
+        document = json.loads(result.value) if result.state == "value" else None
+        return document, result.stamp.generation
+
+    def write_json(self, key: str, document: dict, if_equal: bytes | None = None) -> bool:
+        """Write a JSON document; False when `if_equal` no longer matches (someone else wrote)."""
+        data = json.dumps(document, indent=2).encode()
+        return bool(self._store().write(key, data, if_equal=if_equal).result().generation)
+
+    def delete_everything(self) -> None:
+        self._store().delete_range(ts.KvStore.KeyRange()).result()
+
+    def _store(self) -> ts.KvStore:
+        return ts.KvStore.open(self.kvstore).result()
+
+
+@contextmanager
+def reported(action: str, url: str, source: VolumeSource, hint: str = "") -> Iterator[None]:
+    """Turn tensorstore's errors (and malformed metadata) into one redacted VolumeError line."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        # `from None`: tensorstore's chained error embeds the spec, which may hold credentials.
+        reason = scrub(str(error), source.secrets)
+        raise VolumeError(f"cannot {action} {redact(url)}: {reason}{hint}") from None
+
+
+def parse_volume_url(url: str) -> VolumeSource:
+    """Split a volume URL into format and kvstore; unknown forms fail with the accepted ones."""
+    text = url.strip()
+    location, pipe, adapter = text.partition("|")
+    prefix, sep, rest = text.partition("://")
+    if pipe:
+        fmt, detect = _PIPE_FORMATS.get(adapter), adapter == "zarr:"
+    elif sep and prefix in _PREFIX_FORMATS:
+        fmt, detect, location = _PREFIX_FORMATS[prefix], prefix == "zarr", rest
+    elif text.rstrip("/").endswith(".zarr"):
+        fmt, detect = "zarr3", True
+    else:
+        fmt, detect = None, False
+    if fmt is None or not location:
+        raise _unknown(url)
+    kvstore, secrets = _kvstore_spec(location, url)
+    return VolumeSource(fmt, kvstore, detect, secrets)
+
+
+def redact(url: str) -> str:
+    """`url` with any user:password (or key:secret) part replaced by `***`.
+
+    Everything between the scheme and the *last* "@" goes, so a secret holding "/" or "@"
+    cannot leak; a path with an "@" in it is over-redacted, which is the safe side.
+    """
+    at = url.rfind("@")
+    scheme_end = url.rfind("://", 0, at)
+    if at < 0 or scheme_end < 0:
+        return url
+    return f"{url[: scheme_end + 3]}***{url[at:]}"
+
+
+def scrub(message: str, secrets: tuple[str, ...] = ()) -> str:
+    """A tensorstore error as one short line: no spec dump (it may carry headers), no secrets."""
+    line = message.splitlines()[0] if message else ""
+    line = line.split(" [", 1)[0]
+    for secret in secrets:
+        line = line.replace(secret, "***")
+    return redact(line)
+
+
+def _kvstore_spec(location: str, url: str) -> tuple[dict, tuple[str, ...]]:
+    scheme, sep, rest = location.partition("://")
+    if not sep or scheme == "file":  # absolute, so that workers elsewhere find the same files
+        path = os.path.abspath(os.path.expanduser(rest if sep else location))
+        return {"driver": "file", "path": _directory(path)}, ()
+    if scheme == "gs":
+        bucket, _, path = rest.partition("/")
+        return {"driver": "gcs", "bucket": bucket, "path": _directory(path)}, ()
+    userinfo, _, address = rest.rpartition("@")
+    if scheme == "s3":
+        if userinfo:
+            raise VolumeError(
+                f"credentials inside s3 URLs are not supported ({redact(url)}): set "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE and drop them from the URL"
+            )
+        bucket, _, path = rest.partition("/")
+        return {"driver": "s3", "bucket": bucket, "path": _directory(path)}, ()
+    if scheme in ("http", "https"):
+        host, _, path = address.partition("/")
+        spec = {"driver": "http", "base_url": f"{scheme}://{host}", "path": "/" + _directory(path)}
+        if not userinfo:
+            return spec, ()
+        plain = unquote(userinfo)
+        token = base64.b64encode(plain.encode()).decode()
+        secrets = (userinfo, plain, userinfo.partition(":")[2], plain.partition(":")[2], token)
+        spec["headers"] = [f"Authorization: Basic {token}"]
+        return spec, tuple(secret for secret in secrets if secret)
+    raise _unknown(url)
+
+
+def _directory(path: str) -> str:
+    return path.rstrip("/") + "/" if path.strip("/") else path
+
+
+def _unknown(url: str) -> VolumeError:
+    return VolumeError(f"unknown volume URL {redact(url)!r}: use {ACCEPTED_FORMS}")

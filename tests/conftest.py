@@ -1,0 +1,60 @@
+"""Shared fixtures: a phantom volume pair, a small checkpoint, a Dask cluster for the session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from distributed import LocalCluster
+
+from emsr.checkpoint import save_checkpoint
+from emsr.network import build_model
+from emsr.phantom import PhantomSpec, PhantomVolumes, make_phantom
+from pipeline.volumes import write_array
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def phantom() -> PhantomVolumes:
+    """A small ×2 phantom: 6 sections of 128 × 160 HR pixels."""
+    return make_phantom(PhantomSpec(shape=(6, 128, 160), scale=2, seed=3))
+
+
+@pytest.fixture(scope="session")
+def lr_url(phantom: PhantomVolumes, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("volumes") / "lr.zarr"
+    write_array(str(path), phantom.lr, phantom.lr_voxel_nm)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def hr_url(phantom: PhantomVolumes, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("volumes") / "hr.zarr"
+    write_array(str(path), phantom.hr, phantom.hr_voxel_nm)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained `small` ×2 model: deterministic weights are all the pipeline needs."""
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("checkpoint")
+    save_checkpoint(
+        directory, build_model("small", 2), preset="small", step=0,
+        normalization={"lr": {"low": 0.0, "high": 255.0}},
+    )  # fmt: skip
+    return directory
+
+
+@pytest.fixture(scope="session")
+def cluster_address() -> Iterator[str]:
+    """One local Dask cluster for the session, joined by address like an existing scheduler."""
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
