@@ -1,5 +1,6 @@
 """One block, start to finish, on a worker: read LR + halo → tiles → batched forward →
-stitch → quantise → write whole storage chunks.
+stitch → quantise → write whole storage chunks; slab by slab, with the next slab's read
+and the previous slab's write in flight while the model computes.
 
 `BlockTask` is the small, picklable description every block of a run shares; the worker
 opens volumes and loads the model once per process (cached by URL and checkpoint sha256),
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import tensorstore as ts
 
 from emsr.checkpoint import read_checkpoint
 from emsr.errors import CheckpointError, DataError
@@ -63,16 +65,45 @@ def cached_predictor(checkpoint_dir: str, sha256: str, device: str, batch_size: 
     return Predictor(checkpoint.model, device=device, batch_size=batch_size)
 
 
-def read_lr_region(source: Volume, cover: Box, lattice: TileLattice) -> np.ndarray:
-    """The LR pixels of whole tiles covering `cover`, plus the halo, mirrored beyond the
-    volume's edges by the global rule; one read of the bounding box."""
+@dataclass(frozen=True)
+class PendingRead:
+    """An LR read in flight, and how to mirror its result into tiles-plus-halo layout."""
+
+    future: ts.Future
+    rows: np.ndarray
+    columns: np.ndarray
+
+    def result(self) -> np.ndarray:
+        return self.future.result()[:, self.rows][:, :, self.columns]
+
+
+def start_lr_read(source: Volume, cover: Box, lattice: TileLattice) -> PendingRead:
+    """Start reading the LR pixels of whole tiles covering `cover` plus the halo, mirrored
+    beyond the volume's edges by the global rule; one read of the bounding box."""
     rows, columns = read_window_indices(lattice, cover, source.info.shape)
     bounds = Box(
         (cover.begin[0], int(rows.min()), int(columns.min())),
         (cover.end[0], int(rows.max()) + 1, int(columns.max()) + 1),
     )
-    data = source.read(bounds.slices())
-    return data[:, rows - bounds.begin[1]][:, :, columns - bounds.begin[2]]
+    future = source.read_async(bounds.slices())
+    return PendingRead(future, rows - bounds.begin[1], columns - bounds.begin[2])
+
+
+def slabs(box: Box, chunk_box: Box, chunk_sections: int) -> list[tuple[Box, Box]]:
+    """(compute box, write box) for each z-slab of whole write chunks that `box` meets.
+
+    Working slab by slab lets the next slab's read and the last slab's write overlap the
+    model's compute. The write box spans whole chunks; the compute box is its part inside
+    `box` (smaller only where an ROI cuts the block).
+    """
+    steps = []
+    z = chunk_box.begin[0] + (box.begin[0] - chunk_box.begin[0]) // chunk_sections * chunk_sections
+    while z < box.end[0]:
+        end = min(z + chunk_sections, chunk_box.end[0])
+        write = Box((z, *chunk_box.begin[1:]), (end, *chunk_box.end[1:]))  # type: ignore[arg-type]
+        steps.append((write.intersect(box), write))
+        z = end
+    return steps
 
 
 def super_resolve_region(
@@ -83,37 +114,49 @@ def super_resolve_region(
     return stitch_cores(outputs, lattice, cover.shape, predictor.scale)
 
 
+def compute_box(
+    task: BlockTask, predictor: Predictor, raw: np.ndarray, cover: Box, box: Box, dtype: np.dtype
+) -> np.ndarray:
+    """The stored values of the HR `box`, from the raw LR region read for `cover`."""
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise DataError(f"the input has NaN or Inf values near output box {box}; clean it first")
+    sr = super_resolve_region(predictor, task.intensity.normalize(raw), task.lattice, cover)
+    s = task.scale
+    origin = (cover.begin[0], s * cover.begin[1], s * cover.begin[2])
+    return task.intensity.denormalize(sr[box.shift(_negate(origin)).slices()], dtype)
+
+
 def process_block(task: BlockTask, box: Box, chunk_box: Box) -> BlockOutcome:
-    """Super-resolve the HR `box` of the output and write it; returns once the write is
+    """Super-resolve the HR `box` of the output and write it; returns once every write is
     durable, so the caller may mark the block done.
 
-    `chunk_box` is the block's chunk-aligned region. When an ROI cuts the block, `box` is
-    smaller: the rest of `chunk_box` is read back and rewritten unchanged, so writes stay
-    whole chunks (this block is the only writer of them).
+    `chunk_box` is the block's chunk-aligned region. Where an ROI cuts the block, the chunks
+    it touches are read back, updated inside the ROI and rewritten whole (this block is their
+    only writer), so writes never cut a chunk.
     """
     started = time.perf_counter()
     source, target = cached_volume(task.input_url), cached_volume(task.output_url)
     predictor = cached_predictor(
         task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size
     )
-    footprint = box.in_plane_footprint(task.scale)
-    cover = task.lattice.cover(footprint)
-    raw = read_lr_region(source, cover, task.lattice)
-    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-        raise DataError(f"the input has NaN or Inf values near output box {box}; clean it first")
-    sr = super_resolve_region(predictor, task.intensity.normalize(raw), task.lattice, cover)
-    s = task.scale
-    origin = (cover.begin[0], s * cover.begin[1], s * cover.begin[2])
-    result = task.intensity.denormalize(sr[box.shift(_negate(origin)).slices()], target.info.dtype)
-    if box == chunk_box:
-        target.write(box.slices(), result)
-    else:
-        merged = target.read(chunk_box.slices())
-        merged[box.shift(_negate(chunk_box.begin)).slices()] = result
-        target.write(chunk_box.slices(), merged)
-    return BlockOutcome(
-        box, box.size, task.lattice.computed_pixels(footprint), time.perf_counter() - started
-    )
+    steps = slabs(box, chunk_box, target.info.chunk[0])
+    covers = [task.lattice.cover(part.in_plane_footprint(task.scale)) for part, _ in steps]
+    pending = start_lr_read(source, covers[0], task.lattice)
+    writes = []
+    for index, ((part, whole), cover) in enumerate(zip(steps, covers, strict=True)):
+        raw = pending.result()
+        if index + 1 < len(steps):
+            pending = start_lr_read(source, covers[index + 1], task.lattice)
+        result = compute_box(task, predictor, raw, cover, part, target.info.dtype)
+        if part != whole:
+            merged = target.read(whole.slices())
+            merged[part.shift(_negate(whole.begin)).slices()] = result
+            result = merged
+        writes.append(target.write_async(whole.slices(), result))
+    for write in writes:
+        write.commit.result()
+    computed = sum(task.lattice.computed_pixels(p.in_plane_footprint(task.scale)) for p, _ in steps)
+    return BlockOutcome(box, box.size, computed, time.perf_counter() - started)
 
 
 def _negate(offset: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -53,7 +53,7 @@ class VolumeSource:
 
     def child(self, name: str) -> dict:
         """The kvstore spec of the directory `name` inside the root (e.g. array "0")."""
-        return {**self.kvstore, "path": self.kvstore["path"] + name.strip("/") + "/"}
+        return child_kvstore(self.kvstore, name)
 
     def stored_format(self) -> str | None:
         """The format whose metadata is present (the URL's own first), or None if nothing is."""
@@ -114,6 +114,11 @@ def parse_volume_url(url: str) -> VolumeSource:
         raise _unknown(url)
     kvstore, secrets = _kvstore_spec(location, url)
     return VolumeSource(fmt, kvstore, detect, secrets)
+
+
+def child_kvstore(kvstore: dict, name: str) -> dict:
+    """The kvstore spec of the directory `name` inside `kvstore`."""
+    return {**kvstore, "path": kvstore["path"] + name.strip("/") + "/"}
 
 
 def redact(url: str) -> str:
