@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from pipeline.geometry import Box
 from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, SuperResolveRequest
@@ -50,8 +50,9 @@ class SuperResolveParams(BaseModel):
 class TrainParams(BaseModel):
     """Train EMSR on a pair of aligned LR/HR volumes (both may be noisy)."""
 
-    lr_url: str = Field(description="LR volume")
-    hr_url: str = Field(description="HR volume of the same field, scale× larger in y and x")
+    lr_url: str | None = Field(None, description="LR volume (or give `pairs`)")
+    hr_url: str | None = Field(None, description="HR volume of the same field, scale× larger")
+    pairs: str | None = Field(None, description="training-pair store from extract-pairs")
     out: str = Field(description="checkpoint directory to write")
     preset: Literal["small", "paper"] = "small"
     scale: int = Field(2, ge=2, le=4)
@@ -67,3 +68,9 @@ class TrainParams(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     resume: bool = False
+
+    @model_validator(mode="after")
+    def one_source_of_pairs(self) -> TrainParams:
+        if (self.pairs is None) == (self.lr_url is None or self.hr_url is None):
+            raise ValueError("give either --pairs DIR or both --lr and --hr")
+        return self

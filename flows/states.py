@@ -32,3 +32,13 @@ def fail_on_user_error(function: Callable[P, R]) -> Callable[P, R | State]:
             return Failed(message=str(error))
 
     return wrapper
+
+
+def run_subflow(flow: Callable[..., object], params: object) -> dict:
+    """Run a flow inside another; its failure becomes the parent's one-line `EMSRError`."""
+    state = flow(params, return_state=True)
+    if not state.is_completed():
+        if os.environ.get(DEBUG_ENV):
+            state.result()
+        raise EMSRError(state.message or f"{getattr(flow, 'name', 'a step')} failed")
+    return state.result()

@@ -11,6 +11,7 @@ from emsr.training import TrainConfig, TrainProgress, train
 from flows.params import TrainParams
 from flows.progress import ProgressReport
 from flows.states import fail_on_user_error
+from pipeline.pairs import read_pair_store
 from pipeline.volumes import VolumeInfo, open_volume
 
 
@@ -42,7 +43,13 @@ def train_config(params: TrainParams) -> TrainConfig:
 @fail_on_user_error
 def train_flow(params: TrainParams) -> dict:
     """Train (or resume) EMSR and leave a checkpoint directory."""
-    pairs = open_pairs(params.lr_url, params.hr_url, params.scale)
+    if params.pairs:
+        store = read_pair_store(params.pairs)
+        if store.scale != params.scale:
+            raise DataError(f"{params.pairs} holds ×{store.scale} pairs, not ×{params.scale}")
+        pairs = open_pairs(store.lr_url, store.hr_url, store.scale)
+    else:
+        pairs = open_pairs(params.lr_url, params.hr_url, params.scale)
     config = train_config(params)
     with ProgressReport("train", "steps") as progress:
         progress.start(config.steps)

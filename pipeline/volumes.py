@@ -69,6 +69,11 @@ class Volume:
         self._attributes = attributes
         self.info = info
 
+    @property
+    def array(self) -> ts.TensorStore:
+        """The volume as a lazy (z, y, x) array: slicing is free, `numpy.asarray` reads."""
+        return self._store
+
     def read_async(self, box: Box) -> ts.Future:
         """Start reading `box`; the future yields a C-ordered (z, y, x) ndarray."""
         return self._store[self._inside(box)].read(order="C")
