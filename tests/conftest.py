@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import torch
 from distributed import LocalCluster
+from slurm import SlurmUnavailable, single_node_slurm
 
 from emsr.checkpoint import save_checkpoint
 from emsr.network import build_model
@@ -58,3 +60,17 @@ def cluster_address() -> Iterator[str]:
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[dict[str, str]]:
+    """A private single-node SLURM for the session; SLURM_CONF points every command at it."""
+    with ExitStack() as stack:
+        try:
+            env = stack.enter_context(single_node_slurm())
+        except SlurmUnavailable as reason:
+            pytest.skip(f"no single-node SLURM: {reason}")
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield env

@@ -18,6 +18,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import yaml
+
+from pipeline.cluster import DEFAULT_SLURM_CONFIG
+
 NODE = "localhost"
 PARTITION = "debug"
 REQUIRED_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel")
@@ -229,3 +233,27 @@ def _wait_for(
         if dead or time.monotonic() > deadline:
             raise SlurmUnavailable(f"{failure} (exited: {', '.join(dead) or 'none'})")
         time.sleep(0.1)
+
+
+def small_slurm_settings(directory: Path, **changes: object) -> Path:
+    """The shipped deploy/slurm.yaml, shrunk to fit a test machine."""
+    settings = yaml.safe_load(DEFAULT_SLURM_CONFIG.read_text())
+    settings["jobqueue"]["slurm"].update(
+        {
+            "cores": 1,
+            "memory": "1GB",
+            "walltime": "00:05:00",
+            "death-timeout": 15,
+            "log-directory": str(directory / "logs"),
+            **changes,
+        }
+    )
+    config = directory / "slurm.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    return config
+
+
+def queued_job_ids() -> list[str]:
+    return subprocess.run(
+        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True
+    ).stdout.split()

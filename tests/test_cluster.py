@@ -2,18 +2,14 @@
 
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
-from pathlib import Path
 
 import dask
 import dask.array as da
 import pytest
-import yaml
 from distributed import Client, LocalCluster, Scheduler, SpecCluster, Worker, get_worker, wait
-from slurm import SlurmUnavailable, single_node_slurm
+from slurm import queued_job_ids, small_slurm_settings
 
 from pipeline.cluster import (
     DEFAULT_SLURM_CONFIG,
@@ -130,44 +126,6 @@ def test_slurm_settings_that_dask_jobqueue_cannot_use_are_refused_in_one_line(tm
 
 
 # --- real SLURM --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def slurm() -> Iterator[dict[str, str]]:
-    """A private single-node SLURM for the session; SLURM_CONF points every command at it."""
-    with ExitStack() as stack:
-        try:
-            env = stack.enter_context(single_node_slurm())
-        except SlurmUnavailable as reason:
-            pytest.skip(f"no single-node SLURM: {reason}")
-        patch = stack.enter_context(pytest.MonkeyPatch.context())
-        for name, value in env.items():
-            patch.setenv(name, value)
-        yield env
-
-
-def small_slurm_settings(directory: Path, **changes: object) -> Path:
-    """The shipped deploy/slurm.yaml, shrunk to fit a test machine."""
-    settings = yaml.safe_load(DEFAULT_SLURM_CONFIG.read_text())
-    settings["jobqueue"]["slurm"].update(
-        {
-            "cores": 1,
-            "memory": "1GB",
-            "walltime": "00:05:00",
-            "death-timeout": 15,
-            "log-directory": str(directory / "logs"),
-            **changes,
-        }
-    )
-    config = directory / "slurm.yaml"
-    config.write_text(yaml.safe_dump(settings))
-    return config
-
-
-def queued_job_ids() -> list[str]:
-    return subprocess.run(
-        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True
-    ).stdout.split()
 
 
 def test_slurm_workers_are_jobs_with_a_gpu_and_none_is_left_queued(slurm, tmp_path, monkeypatch):
