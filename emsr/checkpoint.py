@@ -79,7 +79,9 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    weights = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
     _write_atomically(directory / WEIGHTS, lambda path: save_file(weights, str(path)))
     if training_state is not None:
         state = {name: tensor.cpu().contiguous() for name, tensor in training_state.items()}
@@ -117,8 +119,10 @@ def _read_config(directory: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{directory / CONFIG} is not valid JSON ({error})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{directory} is not an EMSR checkpoint (its {CONFIG} has no "
-                              f"'format: {FORMAT}'); pass a directory written by `emsr train`")
+        raise CheckpointError(
+            f"{directory} is not an EMSR checkpoint (its {CONFIG} has no "
+            f"'format: {FORMAT}'); pass a directory written by `emsr train`"
+        )
     if config.get("architecture") != "EMSR" or config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{directory} holds a {config.get('architecture')} checkpoint of format version "
@@ -140,10 +144,14 @@ def _load_weights(directory: Path, model: EMSR) -> None:
     try:
         weights = load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{directory / WEIGHTS} is corrupt ({error}); re-copy or retrain") from None
+        raise CheckpointError(
+            f"{directory / WEIGHTS} is corrupt ({error}); re-copy or retrain"
+        ) from None
     expected = model.state_dict()
     missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
-    misshapen = [n for n in expected.keys() & weights.keys() if expected[n].shape != weights[n].shape]
+    misshapen = [
+        n for n in expected.keys() & weights.keys() if expected[n].shape != weights[n].shape
+    ]
     if missing or unexpected or misshapen:
         names = sorted(missing | unexpected | set(misshapen))[:3]
         raise CheckpointError(

@@ -91,8 +91,7 @@ class PatchSampler:
         _, height, width = pairs.lr.shape
         if patch > min(height, width):
             raise DataError(
-                f"patch size {patch} LR px exceeds the LR section ({height}×{width}); "
-                "lower --patch"
+                f"patch size {patch} LR px exceeds the LR section ({height}×{width}); lower --patch"
             )
         self.pairs, self.sections, self.patch, self.rng = pairs, sections, patch, rng
 

@@ -17,11 +17,13 @@ from emsr.network import EMSR
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks CUDA when present; asking for CUDA without it is a clear error."""
+    """ "auto" picks CUDA when present; asking for CUDA without it is a clear error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+        raise DataError(
+            "--device cuda was asked for but no CUDA device is visible; use --device cpu"
+        )
     return torch.device(device)
 
 
@@ -35,7 +37,9 @@ class Predictor:
         self.batch_size = batch_size
         self.scale = model.config.scale
         self.autocast = self.device.type == "cuda" and bf16
-        memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        memory_format = (
+            torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        )
         self.memory_format = memory_format
         self.model = model.eval().to(self.device, memory_format=memory_format)
 
@@ -97,4 +101,6 @@ def super_resolve_image(predictor: Predictor, image: np.ndarray, halo: int) -> n
 def upscale_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     """The bicubic baseline (and the reference for 'does SR beat interpolation')."""
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    return F.interpolate(tensor, scale_factor=scale, mode="bicubic", align_corners=False)[0, 0].numpy()
+    return F.interpolate(tensor, scale_factor=scale, mode="bicubic", align_corners=False)[
+        0, 0
+    ].numpy()

@@ -23,7 +23,9 @@ class IntensityRange:
 
     def __post_init__(self) -> None:
         if not np.isfinite([self.low, self.high]).all() or self.high <= self.low:
-            raise ValueError(f"intensity range needs finite low < high, got {self.low}, {self.high}")
+            raise ValueError(
+                f"intensity range needs finite low < high, got {self.low}, {self.high}"
+            )
 
     @classmethod
     def of_dtype(cls, dtype: np.dtype) -> IntensityRange:

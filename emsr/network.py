@@ -14,6 +14,7 @@ Two properties matter for blockwise inference and are kept on purpose:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -57,7 +58,7 @@ class StarletEdges(nn.Module):
         approximations = [self._smooth(image, self.pre_blur, 1)]
         for dilation in STARLET_DILATIONS:
             approximations.append(self._smooth(approximations[-1], self.b3, dilation))
-        details = [fine - coarse for fine, coarse in zip(approximations, approximations[1:])]
+        details = [fine - coarse for fine, coarse in itertools.pairwise(approximations)]
         return torch.cat(details, dim=1)
 
 

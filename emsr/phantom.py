@@ -86,8 +86,13 @@ class PhantomSpec:
             raise DataError(f"phantom seed must be a non-negative integer, got {self.seed}")
         if len(self.hr_voxel_nm) != 3 or min(self.hr_voxel_nm) <= 0:
             raise DataError(f"hr_voxel_nm must be three positive sizes, got {self.hr_voxel_nm}")
-        acquisition = (self.hr_psf_sigma_px, self.hr_noise_std, self.lr_psf_sigma_px,
-                       self.lr_noise_std, self.nuclei_per_mpx)
+        acquisition = (
+            self.hr_psf_sigma_px,
+            self.hr_noise_std,
+            self.lr_psf_sigma_px,
+            self.lr_noise_std,
+            self.nuclei_per_mpx,
+        )
         if min(acquisition) < 0:
             raise DataError("phantom PSF sigmas, noise stds and nucleus density must be >= 0")
 
@@ -189,11 +194,13 @@ def _layout(spec: PhantomSpec, rng: np.random.Generator) -> _Objects:
     low, high = -(_MAX_SMALL_RADIUS + drift_reach), field_size + _MAX_SMALL_RADIUS + drift_reach
     small_centres, small_radii = _fill_gaps(taken, low, high, rng)
 
-    kind = np.concatenate([
-        np.full(len(cells[1]), _Kind.CELL),
-        np.full(len(axon_radii), _Kind.MYELINATED),
-        np.full(len(small_radii), _Kind.UNMYELINATED),
-    ]).astype(np.int8)
+    kind = np.concatenate(
+        [
+            np.full(len(cells[1]), _Kind.CELL),
+            np.full(len(axon_radii), _Kind.MYELINATED),
+            np.full(len(small_radii), _Kind.UNMYELINATED),
+        ]
+    ).astype(np.int8)
     mid_centre = np.concatenate([cells[0], axon_centres, small_centres]).astype(np.float32)
     radius = np.concatenate([cells[1], axon_radii, small_radii]).astype(np.float32)
     profile = _calibre(len(kind), sections, rng)
@@ -221,10 +228,14 @@ def _outline_shapes(
     oblique = rng.random(n) < 0.12
     elongation = np.where(oblique, rng.uniform(1.1, 1.35, n), rng.uniform(1.0, 1.08, n))
     angle = rng.uniform(0, np.pi, n)
-    wobble = np.column_stack([
-        rng.uniform(0.0, 0.06, n), rng.uniform(0, 2 * np.pi, n),
-        rng.uniform(0.0, 0.04, n), rng.uniform(0, 2 * np.pi, n),
-    ])
+    wobble = np.column_stack(
+        [
+            rng.uniform(0.0, 0.06, n),
+            rng.uniform(0, 2 * np.pi, n),
+            rng.uniform(0.0, 0.04, n),
+            rng.uniform(0, 2 * np.pi, n),
+        ]
+    )
     wobble[kind == _Kind.UNMYELINATED, 0] *= 2.5  # glial and bare processes are irregular
     return elongation.astype(np.float32), angle.astype(np.float32), wobble.astype(np.float32)
 
@@ -287,7 +298,9 @@ def _pack_discs(
 
 
 def _fill_gaps(
-    taken: tuple[np.ndarray, np.ndarray], low: np.ndarray, high: np.ndarray,
+    taken: tuple[np.ndarray, np.ndarray],
+    low: np.ndarray,
+    high: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Small unmyelinated processes (radius 2.5–8 px) seeded in the space the axons leave.
@@ -298,7 +311,7 @@ def _fill_gaps(
     seeds = rng.uniform(low, high, (rng.poisson(area / 60.0), 2))
     clearance = np.full(len(seeds), np.inf)
     for start in range(0, len(taken[1]), 256):
-        centres, radii = taken[0][start:start + 256], taken[1][start:start + 256]
+        centres, radii = taken[0][start : start + 256], taken[1][start : start + 256]
         distance = np.linalg.norm(seeds[:, None, :] - centres[None], axis=-1) - radii
         clearance = np.minimum(clearance, distance.min(axis=1))
     in_gap = clearance > 2.5
@@ -307,7 +320,9 @@ def _fill_gaps(
 
 
 def _trajectories(
-    mid_centre: np.ndarray, bundle_velocity: np.ndarray, sections: np.ndarray,
+    mid_centre: np.ndarray,
+    bundle_velocity: np.ndarray,
+    sections: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """(n, z, 2) centres: the common drift, a small own drift and a slow sideways wiggle."""
@@ -341,7 +356,9 @@ def _calibre(n: int, sections: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
 
 def _sphere_profile(
-    radius: np.ndarray, z_centre: np.ndarray, sections: np.ndarray,
+    radius: np.ndarray,
+    z_centre: np.ndarray,
+    sections: np.ndarray,
     voxel_nm: tuple[float, float, float],
 ) -> np.ndarray:
     """A cell is a sphere: its section's radius shrinks away from its equator."""
@@ -360,10 +377,20 @@ def _looks(kind: np.ndarray, radius: np.ndarray, rng: np.random.Generator) -> di
     n = len(kind)
     myelinated, cell = kind == _Kind.MYELINATED, kind == _Kind.CELL
     unmyelinated = kind == _Kind.UNMYELINATED
-    look = {name: np.zeros(n + 1, np.float32) for name in (
-        "ring", "outer", "inner", "outer_line", "inner_line",
-        "outer_fine", "inner_fine", "outer_coarse", "inner_coarse",
-    )}
+    look = {
+        name: np.zeros(n + 1, np.float32)
+        for name in (
+            "ring",
+            "outer",
+            "inner",
+            "outer_line",
+            "inner_line",
+            "outer_fine",
+            "inner_fine",
+            "outer_coarse",
+            "inner_coarse",
+        )
+    }
 
     def put(name: str, where: np.ndarray, values: np.ndarray | float) -> None:
         look[name][:n][where] = values
@@ -409,7 +436,11 @@ def _looks(kind: np.ndarray, radius: np.ndarray, rng: np.random.Generator) -> di
 
 
 def _outline_distance(
-    dy: np.ndarray, dx: np.ndarray, radius: np.ndarray, elongation: float, angle: float,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    radius: np.ndarray,
+    elongation: float,
+    angle: float,
     wobble: np.ndarray,
 ) -> np.ndarray:
     """Signed distance (px, negative inside) to a wobbly ellipse, measured along the ray from
@@ -448,9 +479,7 @@ def _patch(
     return slice(y0, y1), slice(x0, x1)
 
 
-def _local_offsets(
-    centre: np.ndarray, box: tuple[slice, slice]
-) -> tuple[np.ndarray, np.ndarray]:
+def _local_offsets(centre: np.ndarray, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
     """(z, h, w) offsets of the box's pixels from a per-section centre of shape (z, 2)."""
     ys = np.arange(box[0].start, box[0].stop, dtype=np.float32)
     xs = np.arange(box[1].start, box[1].stop, dtype=np.float32)
@@ -509,8 +538,11 @@ def _membrane(signed_distance: np.ndarray) -> np.ndarray:
 
 
 def _shade(
-    objects: _Objects, nearest: np.ndarray, own_region: np.ndarray,
-    fine: np.ndarray, coarse: np.ndarray,
+    objects: _Objects,
+    nearest: np.ndarray,
+    own_region: np.ndarray,
+    fine: np.ndarray,
+    coarse: np.ndarray,
 ) -> np.ndarray:
     """Intensities from the tessellation: each voxel mixes background, its object's outer layer
     and its object's inside by covered area, then gets membranes and texture."""
@@ -531,7 +563,10 @@ def _shade(
 
 
 def _add_mitochondria(
-    tissue: np.ndarray, nearest: np.ndarray, objects: _Objects, fine: np.ndarray,
+    tissue: np.ndarray,
+    nearest: np.ndarray,
+    objects: _Objects,
+    fine: np.ndarray,
     rng: np.random.Generator,
 ) -> None:
     """Dark-grey ovals with cristae in about a third of the larger myelinated axons."""
@@ -542,8 +577,13 @@ def _add_mitochondria(
 
 
 def _paint_mitochondrion(
-    tissue: np.ndarray, nearest: np.ndarray, objects: _Objects, fine: np.ndarray,
-    host: int, core_radius: float, rng: np.random.Generator,
+    tissue: np.ndarray,
+    nearest: np.ndarray,
+    objects: _Objects,
+    fine: np.ndarray,
+    host: int,
+    core_radius: float,
+    rng: np.random.Generator,
 ) -> None:
     """One mitochondrion: a stretch of 10–40 sections with rounded ends, at a fixed offset from
     its axon's centre (so it moves with the axon), painted only on the axon's own voxels."""
@@ -580,10 +620,13 @@ def _add_vesicles(tissue: np.ndarray, rng: np.random.Generator) -> None:
     thinner than a section, so each appears in one section only."""
     depth, height, width = tissue.shape
     count = rng.poisson(depth * height * width / 1500.0)
-    positions = np.column_stack([
-        rng.integers(0, depth, count), rng.integers(3, height - 3, count),
-        rng.integers(3, width - 3, count),
-    ])
+    positions = np.column_stack(
+        [
+            rng.integers(0, depth, count),
+            rng.integers(3, height - 3, count),
+            rng.integers(3, width - 3, count),
+        ]
+    )
     positions = positions[tissue[tuple(positions.T)] > 0.38]
     offsets = np.arange(-3, 4)
     oy, ox = np.meshgrid(offsets, offsets, indexing="ij")

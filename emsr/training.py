@@ -145,7 +145,10 @@ class Trainer:
             self.model,
             preset=self.config.preset,
             step=self.step,
-            normalization={"lr": self.pairs.lr_range.to_dict(), "hr": self.pairs.hr_range.to_dict()},
+            normalization={
+                "lr": self.pairs.lr_range.to_dict(),
+                "hr": self.pairs.hr_range.to_dict(),
+            },
             metadata=metadata,
             training_state=self.training_state(),
         )
@@ -156,7 +159,14 @@ class Trainer:
         """Continue from the checkpoint in `out_dir`, refusing one made with other settings."""
         checkpoint = read_checkpoint(self.out_dir)
         saved = checkpoint.metadata.get("train_config", {})
-        for key in ("preset", "scale", "loss", "noisier_branch", "edge_attention", "self_attention"):
+        for key in (
+            "preset",
+            "scale",
+            "loss",
+            "noisier_branch",
+            "edge_attention",
+            "self_attention",
+        ):
             if saved.get(key) != getattr(self.config, key):
                 raise CheckpointError(
                     f"cannot resume {self.out_dir}: it was trained with {key}={saved.get(key)!r}, "
@@ -190,7 +200,8 @@ def train(
     out_dir = Path(out_dir)
     if not resume and (out_dir / CONFIG).exists():
         raise CheckpointError(
-            f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose a new --out"
+            f"{out_dir} already holds a checkpoint; pass --resume to continue it "
+            "or choose a new --out"
         )
     trainer = Trainer(pairs, config, out_dir)
     if resume:
@@ -210,4 +221,3 @@ def train(
     if trainer.step == 0:
         trainer.save()
     return TrainResult(out_dir, trainer.step, validation_psnr, trainer.history)
-

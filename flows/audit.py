@@ -1,7 +1,6 @@
 """The audit flow: PSNR/SSIM per block against a reference, FRC resolution between
 independent scans; the numbers and plots land in a folder and as Prefect artifacts."""
 
-
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,13 +65,16 @@ def summary(result: AuditResult) -> dict:
 
 def headline(result: dict) -> str:
     """'PSNR 31.20 dB, SSIM 0.874, FRC 42.1 nm', with n/a for what was not measured."""
+
     def shown(value: float | None, template: str) -> str:
         return "n/a" if value is None else template.format(value)
 
     psnr = result["psnr"]
     psnr_text = "identical" if psnr == PSNR_IDENTICAL_DB else shown(psnr, "{:.2f} dB")
-    return (f"PSNR {psnr_text}, SSIM {shown(result['ssim'], '{:.3f}')}, "
-            f"FRC {shown(result['frc_resolution_nm'], '{:.1f} nm')}")
+    return (
+        f"PSNR {psnr_text}, SSIM {shown(result['ssim'], '{:.3f}')}, "
+        f"FRC {shown(result['frc_resolution_nm'], '{:.1f} nm')}"
+    )
 
 
 def worst_blocks(blocks: list[dict], limit: int = TABLE_ROWS) -> list[dict]:
@@ -86,14 +88,22 @@ def cell(value: object) -> str:
 
 
 def summary_markdown(result: dict) -> str:
-    rows = [("PSNR (dB)", result["psnr"]), ("SSIM", result["ssim"]),
-            ("FRC resolution, 1/7 (nm)", result["frc_resolution_nm"]),
-            ("FRC resolution, half-bit (nm)", result["frc_resolution_half_bit_nm"])]
-    rows += [(f"FRC {name.replace('_', ' ')}, 1/7 (nm)", entry["resolution_nm"])
-             for name, entry in result["frc"].items()]
+    rows = [
+        ("PSNR (dB)", result["psnr"]),
+        ("SSIM", result["ssim"]),
+        ("FRC resolution, 1/7 (nm)", result["frc_resolution_nm"]),
+        ("FRC resolution, half-bit (nm)", result["frc_resolution_half_bit_nm"]),
+    ]
+    rows += [
+        (f"FRC {name.replace('_', ' ')}, 1/7 (nm)", entry["resolution_nm"])
+        for name, entry in result["frc"].items()
+    ]
     rows += [(f"input: {role}", url) for role, url in result["inputs"].items() if url]
-    rows += [("metrics", result["metrics_json"]), ("heatmap", result["quality_heatmap"]),
-             ("FRC plot", result["frc_plot"])]
+    rows += [
+        ("metrics", result["metrics_json"]),
+        ("heatmap", result["quality_heatmap"]),
+        ("FRC plot", result["frc_plot"]),
+    ]
     table = "\n".join(f"| {name} | {cell(value)} |" for name, value in rows)
     return f"## Metric audit\n\n| | |\n|---|---|\n{table}\n"
 

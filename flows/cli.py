@@ -74,8 +74,10 @@ def one_line(error: Exception) -> str:
     from pydantic import ValidationError
 
     if isinstance(error, ValidationError):
-        problems = (f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-                    for e in error.errors())
+        problems = (
+            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+            for e in error.errors()
+        )
         return "; ".join(problems)
     return str(error)
 
@@ -129,7 +131,9 @@ def train(
     batch_size: Annotated[int, typer.Option()] = 4,
     patch: Annotated[int, typer.Option(help="LR patch size, px")] = 48,
     learning_rate: Annotated[float, typer.Option()] = 1e-4,
-    halve_every: Annotated[int, typer.Option(help="halve the learning rate every N steps")] = 50_000,
+    halve_every: Annotated[
+        int, typer.Option(help="halve the learning rate every N steps")
+    ] = 50_000,
     noisier_branch: Annotated[bool, typer.Option(help="noise-robust weight sharing")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
@@ -140,7 +144,8 @@ def train(
     from flows.train import train_flow
 
     params = TrainParams(
-        lr_url=lr, hr_url=hr, pairs=str(pairs) if pairs else None, out=str(out), preset=preset, scale=scale, loss=loss, steps=steps,
+        lr_url=lr, hr_url=hr, pairs=str(pairs) if pairs else None, out=str(out),
+        preset=preset, scale=scale, loss=loss, steps=steps,
         batch_size=batch_size, patch=patch, learning_rate=learning_rate, halve_every=halve_every,
         noisier_branch=noisier_branch, device=device, seed=seed, resume=resume,
     )  # fmt: skip
@@ -148,6 +153,37 @@ def train(
     psnr = result["validation_psnr_db"]
     tail = f" (validation PSNR {psnr:.2f} dB)" if psnr is not None else ""
     done(f"checkpoint: {result['checkpoint']} at step {result['step']}{tail}")
+
+
+@app.command("extract-pairs")
+@guarded
+def extract_pairs(
+    hr: Annotated[str, typer.Option(help="HR volume URL")],
+    out: Annotated[Path, typer.Option(help="training-pair store directory to write")],
+    lr: Annotated[str | None, typer.Option(help="acquired LR volume URL of the same field")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="real, synthetic or denoised (default: real with --lr, else synthetic)"),
+    ] = None,
+    scale: Annotated[int, typer.Option(help="LR pixels are this much larger in y and x")] = 2,
+    psf_sigma: Annotated[float, typer.Option(help="synthetic: PSF sigma, HR px")] = 1.0,
+    noise: Annotated[
+        str, typer.Option(help="synthetic: none, gaussian, poisson_gaussian or local_variance")
+    ] = "gaussian",
+    noise_sigma: Annotated[float, typer.Option(help="synthetic: noise std, 0-1 range")] = 0.03,
+    fit_noise: Annotated[bool, typer.Option(help="synthetic: match the noise of --lr")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing store in --out")] = False,
+) -> None:
+    """Make a training-pair store: acquired LR + HR, synthetic LR from HR, or LR + denoised HR."""
+    from flows.extract_pairs import ExtractPairsParams, extract_training_pairs_flow
+
+    params = ExtractPairsParams(
+        hr_url=hr, lr_url=lr, out=str(out), mode=mode, scale=scale, psf_sigma=psf_sigma,
+        noise=noise, noise_sigma=noise_sigma, fit_noise=fit_noise, seed=seed, overwrite=overwrite,
+    )  # fmt: skip
+    result = run_flow(extract_training_pairs_flow, params)
+    done(f"training pairs: {result['store']} (manifest {result['manifest']})")
 
 
 @app.command("super-resolve")
@@ -217,7 +253,9 @@ def audit(
 @app.command()
 @guarded
 def demo(
-    directory: Annotated[Path, typer.Argument(help="folder for every result")] = Path("demo-output"),
+    directory: Annotated[Path, typer.Argument(help="folder for every result")] = Path(
+        "demo-output"
+    ),
     steps: Annotated[int, typer.Option(help="training steps of the small model")] = 300,
 ) -> None:
     """The whole story on CPU in minutes: phantom → pairs → train → super-resolve → audit."""

@@ -19,7 +19,9 @@ Triple = tuple[int, int, int]
 class SuperResolveParams(BaseModel):
     """Super-resolve INPUT into OUTPUT with a trained checkpoint."""
 
-    input_url: str = Field(description="LR volume: zarr3://, zarr://, precomputed:// or a .zarr path")
+    input_url: str = Field(
+        description="LR volume: zarr3://, zarr://, precomputed:// or a .zarr path"
+    )
     output_url: str = Field(description="SR volume to create or continue (same URL forms)")
     checkpoint: str = Field(description="checkpoint directory (model.safetensors + config.json)")
     block: Triple | None = Field(None, description="output voxels per block (z, y, x)")

@@ -4,7 +4,6 @@ Blocks run as plain Dask tasks inside it (Prefect's per-task overhead would domi
 10⁵ small blocks); the flow contributes parameters, progress and a summary artifact.
 """
 
-
 import json
 import urllib.parse
 
@@ -56,7 +55,9 @@ def super_resolve_flow(params: SuperResolveParams) -> dict:
             rate = update.voxels_written / max(update.elapsed_seconds, 1e-9)
             progress.advance_to(update.blocks_done, f"{rate / 1e6:.2f} Mvox/s")
 
-        report = super_resolve(params.to_request(), on_start=progress.start, on_progress=on_progress)
+        report = super_resolve(
+            params.to_request(), on_start=progress.start, on_progress=on_progress
+        )
     result = summary(report, output_source(params.output_url))
     create_markdown_artifact(summary_markdown(result), key="super-resolve-summary")
     return result

@@ -1,7 +1,5 @@
 """The train flow: EMSR on aligned LR/HR volumes (noisy references are fine), with progress."""
 
-
-import numpy as np
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
@@ -11,26 +9,14 @@ from emsr.training import TrainConfig, TrainProgress, train
 from flows.params import TrainParams
 from flows.progress import ProgressReport
 from flows.states import fail_on_user_error
-from pipeline.pairs import read_pair_store
-from pipeline.volumes import VolumeInfo, open_volume
-
-
-def check_voxel_sizes(lr: VolumeInfo, hr: VolumeInfo, scale: int) -> None:
-    """LR voxels must be `scale`× the HR voxels in y and x and equal in z (when both are known)."""
-    if not (lr.voxel_size_known and hr.voxel_size_known):
-        return
-    expected = (hr.voxel_size_nm[0], hr.voxel_size_nm[1] * scale, hr.voxel_size_nm[2] * scale)
-    if not np.allclose(lr.voxel_size_nm, expected, rtol=1e-3):
-        raise DataError(
-            f"LR voxel size {lr.voxel_size_nm} nm is not HR {hr.voxel_size_nm} nm × (1, {scale}, "
-            f"{scale}); check --scale or the pair of volumes"
-        )
+from pipeline.pairs import check_voxel_sizes, read_pair_store
+from pipeline.volumes import open_volume
 
 
 def open_pairs(lr_url: str, hr_url: str, scale: int) -> PairedVolumes:
     """Open both volumes lazily (patches are read as drawn) and check they pair at `scale`."""
     lr, hr = open_volume(lr_url), open_volume(hr_url)
-    check_voxel_sizes(lr.info, hr.info, scale)
+    check_voxel_sizes(lr, hr, scale)
     return PairedVolumes.from_arrays(lr.array, hr.array, scale)
 
 

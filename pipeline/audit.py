@@ -49,7 +49,8 @@ PSNR_IDENTICAL_DB = 999.0
 MAX_LABELLED_CELLS = 150  # heatmaps with fewer cells print each block's PSNR on it
 INTEGER_RANGES = MappingProxyType({np.dtype("uint8"): 255.0, np.dtype("uint16"): 65535.0})
 ROLE_NAMES = MappingProxyType(
-    {"sr": "SR", "reference": "reference", "reference2": "reference 2", "sr2": "SR 2"})
+    {"sr": "SR", "reference": "reference", "reference2": "reference 2", "sr2": "SR 2"}
+)
 FRC_PAIRS = (("sr", "sr2"), ("sr", "reference2"), ("reference", "reference2"))
 
 ProgressCallback = Callable[[int, int], None]
@@ -73,8 +74,12 @@ class AuditRequest:
     frc_sections: int = FRC_SECTIONS
 
     def urls(self) -> dict[str, str | None]:
-        return {"sr": self.sr_url, "reference": self.reference_url,
-                "reference2": self.reference2_url, "sr2": self.sr2_url}
+        return {
+            "sr": self.sr_url,
+            "reference": self.reference_url,
+            "reference2": self.reference2_url,
+            "sr2": self.sr2_url,
+        }
 
 
 @dataclass(frozen=True)
@@ -124,29 +129,37 @@ class FRCComparison:
 def open_inputs(request: AuditRequest) -> dict[str, Volume]:
     """Open the given volumes and check that they image the same grid (shape, voxel size)."""
     if not (request.reference_url or request.sr2_url or request.reference2_url):
-        raise DataError("nothing to audit: give --reference (PSNR, SSIM) and/or --sr2 or "
-                        "--reference2 (FRC resolution)")
+        raise DataError(
+            "nothing to audit: give --reference (PSNR, SSIM) and/or --sr2 or "
+            "--reference2 (FRC resolution)"
+        )
     volumes = {role: open_volume(url) for role, url in request.urls().items() if url}
     sr = volumes["sr"].info
     for role, volume in volumes.items():
         check_same_grid(sr, volume.info, ROLE_NAMES[role])
     if "reference" in volumes and volumes["reference"].info.dtype != sr.dtype:
         reference = volumes["reference"].info
-        raise DataError(f"reference {reference.url} is {reference.dtype} but SR {sr.url} is "
-                        f"{sr.dtype}: PSNR and SSIM need both on the same intensity scale")
+        raise DataError(
+            f"reference {reference.url} is {reference.dtype} but SR {sr.url} is "
+            f"{sr.dtype}: PSNR and SSIM need both on the same intensity scale"
+        )
     return volumes
 
 
 def check_same_grid(sr: VolumeInfo, other: VolumeInfo, role: str) -> None:
     """Same shape, and the same voxel size where both volumes know theirs; else one line."""
     if other.shape != sr.shape:
-        raise DataError(f"{role} {other.url} has shape {other.shape} but SR {sr.url} has "
-                        f"{sr.shape}: compare volumes of the same field on the same grid")
+        raise DataError(
+            f"{role} {other.url} has shape {other.shape} but SR {sr.url} has "
+            f"{sr.shape}: compare volumes of the same field on the same grid"
+        )
     both_known = sr.voxel_size_known and other.voxel_size_known
     if both_known and not np.allclose(other.voxel_size_nm, sr.voxel_size_nm, rtol=1e-3):
-        raise DataError(f"{role} {other.url} has voxel size {other.voxel_size_nm} nm but SR "
-                        f"{sr.url} has {sr.voxel_size_nm} nm: compare volumes at the same "
-                        "resolution")
+        raise DataError(
+            f"{role} {other.url} has voxel size {other.voxel_size_nm} nm but SR "
+            f"{sr.url} has {sr.voxel_size_nm} nm: compare volumes at the same "
+            "resolution"
+        )
 
 
 def voxel_size(volumes: dict[str, Volume]) -> tuple[float, float, float] | None:
@@ -164,13 +177,17 @@ def data_range(reference: Volume, boxes: list[Box], on_step: Callable[[], None])
     low, high = math.inf, -math.inf
     for box, (block,) in prefetched([reference], boxes):
         if not np.isfinite(block).all():
-            raise DataError(f"reference {info.url} has NaN or infinite values in {box}: fill "
-                            "them before auditing")
+            raise DataError(
+                f"reference {info.url} has NaN or infinite values in {box}: fill "
+                "them before auditing"
+            )
         low, high = min(low, float(block.min())), max(high, float(block.max()))
         on_step()
     if high <= low:
-        raise DataError(f"reference {info.url} is constant ({low}): PSNR and SSIM need a "
-                        "reference with contrast")
+        raise DataError(
+            f"reference {info.url} is constant ({low}): PSNR and SSIM need a "
+            "reference with contrast"
+        )
     return high - low
 
 
@@ -188,8 +205,10 @@ def check_block(block: Triple) -> None:
     if len(block) != 3 or min(block) <= 0:
         raise PlanError(f"--block must be three positive sizes Z,Y,X, got {block}")
     if min(block[1:]) < SSIM_WINDOW:
-        raise PlanError(f"--block {','.join(map(str, block))} is too small in plane: SSIM "
-                        f"needs at least {SSIM_WINDOW} px in y and x")
+        raise PlanError(
+            f"--block {','.join(map(str, block))} is too small in plane: SSIM "
+            f"needs at least {SSIM_WINDOW} px in y and x"
+        )
 
 
 def axis_ranges(size: int, step: int, min_last: int = 1) -> list[tuple[int, int]]:
@@ -213,24 +232,29 @@ class ReadUnit:
 
 def audit_grid(shape: Triple, block: Triple, chunk: Triple) -> list[ReadUnit]:
     """The audit blocks, z-major, grouped into read units of `chunk // block` blocks a side."""
-    ranges = [axis_ranges(shape[0], block[0]),
-              *(axis_ranges(n, b, SSIM_WINDOW) for n, b in zip(shape[1:], block[1:]))]
+    ranges = [
+        axis_ranges(shape[0], block[0]),
+        *(axis_ranges(n, b, SSIM_WINDOW) for n, b in zip(shape[1:], block[1:])),
+    ]
     groups = []
     for axis_range, b, c in zip(ranges, block, chunk):
         indexed, per_read = list(enumerate(axis_range)), max(1, c // b)
-        groups.append([indexed[i:i + per_read] for i in range(0, len(indexed), per_read)])
+        groups.append([indexed[i : i + per_read] for i in range(0, len(indexed), per_read)])
     units = []
     for group_z, group_y, group_x in product(*groups):
         first, last = (group_z[0], group_y[0], group_x[0]), (group_z[-1], group_y[-1], group_x[-1])
         box = Box(tuple(r[0] for _, r in first), tuple(r[1] for _, r in last))
-        blocks = [(Box((z[0], y[0], x[0]), (z[1], y[1], x[1])), (iy, ix))
-                  for (_, z), (iy, y), (ix, x) in product(group_z, group_y, group_x)]
+        blocks = [
+            (Box((z[0], y[0], x[0]), (z[1], y[1], x[1])), (iy, ix))
+            for (_, z), (iy, y), (ix, x) in product(group_z, group_y, group_x)
+        ]
         units.append(ReadUnit(box, blocks))
     return units
 
 
 def prefetched(volumes: list[Volume], boxes: list[Box]) -> Iterator[tuple[Box, list[np.ndarray]]]:
     """Each box's data from every volume, reading the next box while the caller works."""
+
     def start(box: Box) -> list:
         return [volume.read_async(box.slices()) for volume in volumes]
 
@@ -250,8 +274,13 @@ def within(outer: Box, inner: Box) -> tuple[slice, slice, slice]:
 # --- measurements -----------------------------------------------------------------------------
 
 
-def score_blocks(sr: Volume, reference: Volume, units: list[ReadUnit], value_range: float,
-                 on_step: Callable[[], None]) -> list[BlockScore]:
+def score_blocks(
+    sr: Volume,
+    reference: Volume,
+    units: list[ReadUnit],
+    value_range: float,
+    on_step: Callable[[], None],
+) -> list[BlockScore]:
     """PSNR, SSIM and squared error of each block; a block the metrics refuse (NaN, too
     small) is named in the one-line error."""
     scores = []
@@ -264,8 +293,14 @@ def score_blocks(sr: Volume, reference: Volume, units: list[ReadUnit], value_ran
     return scores
 
 
-def score_block(a: np.ndarray, b: np.ndarray, box: Box, position: tuple[int, int],
-                value_range: float, sr_url: str) -> BlockScore:
+def score_block(
+    a: np.ndarray,
+    b: np.ndarray,
+    box: Box,
+    position: tuple[int, int],
+    value_range: float,
+    sr_url: str,
+) -> BlockScore:
     try:
         block_psnr, block_ssim = psnr(a, b, value_range), ssim(a, b, value_range)
     except DataError as error:
@@ -305,17 +340,25 @@ def read_sections(volume: Volume, sections: list[int], crop: tuple[slice, slice]
     return np.concatenate([future.result() for future in futures])
 
 
-def compare_frc(volumes: dict[str, Volume], count: int,
-                on_step: Callable[[], None]) -> list[FRCComparison]:
+def compare_frc(
+    volumes: dict[str, Volume], count: int, on_step: Callable[[], None]
+) -> list[FRCComparison]:
     """The FRC of every pair in `FRC_PAIRS` whose two volumes were given, in pixels."""
     depth, height, width = volumes["sr"].info.shape
     sections, crop = frc_sections(depth, count), central_square(height, width)
     comparisons = []
     for pair in (p for p in FRC_PAIRS if all(role in volumes for role in p)):
         a, b = (read_sections(volumes[role], sections, crop) for role in pair)
-        comparisons.append(FRCComparison(
-            pair, sections, crop, frc_curve(a, b), frc_resolution(a, b, 1.0, "1/7"),
-            frc_resolution(a, b, 1.0, "half_bit")))
+        comparisons.append(
+            FRCComparison(
+                pair,
+                sections,
+                crop,
+                frc_curve(a, b),
+                frc_resolution(a, b, 1.0, "1/7"),
+                frc_resolution(a, b, 1.0, "half_bit"),
+            )
+        )
         on_step()
     return comparisons
 
@@ -344,8 +387,7 @@ def audit(request: AuditRequest, on_progress: ProgressCallback | None = None) ->
     comparisons = compare_frc(volumes, request.frc_sections, step)
 
     voxel_nm = voxel_size(volumes)
-    metrics = metrics_document(request, sr.shape, block, voxel_nm, value_range, scores,
-                               comparisons)
+    metrics = metrics_document(request, sr.shape, block, voxel_nm, value_range, scores, comparisons)
     heatmap_path, frc_path = out_dir / "quality_heatmap.png", out_dir / "frc.png"
     plot_heatmap(heatmap_path, scores, value_range, voxel_nm)
     plot_frc(frc_path, comparisons, voxel_nm)
@@ -375,8 +417,9 @@ def prepared_output(out_dir: Path) -> Path:
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise AuditOutputError(f"cannot create {out_dir}: {error.strerror}; choose a writable "
-                               "--out") from None
+        raise AuditOutputError(
+            f"cannot create {out_dir}: {error.strerror}; choose a writable --out"
+        ) from None
     return Path(out_dir)
 
 
@@ -396,9 +439,15 @@ def in_plane_pixel_nm(voxel_nm: tuple[float, float, float] | None) -> float | No
     return math.sqrt(voxel_nm[1] * voxel_nm[2]) if voxel_nm else None
 
 
-def metrics_document(request: AuditRequest, shape: Triple, block: Triple,
-                     voxel_nm: tuple[float, float, float] | None, value_range: float | None,
-                     scores: list[BlockScore], comparisons: list[FRCComparison]) -> dict:
+def metrics_document(
+    request: AuditRequest,
+    shape: Triple,
+    block: Triple,
+    voxel_nm: tuple[float, float, float] | None,
+    value_range: float | None,
+    scores: list[BlockScore],
+    comparisons: list[FRCComparison],
+) -> dict:
     """The contents of metrics.json; keys that cannot be computed are null.
 
     `frc_resolution_nm` is the SR result's: SR vs SR 2 if given, else SR vs reference 2; the
@@ -421,8 +470,7 @@ def metrics_document(request: AuditRequest, shape: Triple, block: Triple,
         "block": list(block),
         "data_range": value_range,
         "frc": frc,
-        "blocks": [{"box": str(s.box), "psnr": json_psnr(s.psnr), "ssim": s.ssim}
-                   for s in scores],
+        "blocks": [{"box": str(s.box), "psnr": json_psnr(s.psnr), "ssim": s.ssim} for s in scores],
     }
 
 
@@ -453,8 +501,12 @@ def column_psnr(scores: list[BlockScore], value_range: float) -> np.ndarray:
     for s in scores:
         error[s.grid_yx] += s.squared_error
         voxels[s.grid_yx] += s.box.size
-    return np.array([[psnr_from_error(e, int(n), value_range) for e, n in zip(*row)]
-                     for row in zip(error, voxels)])
+    return np.array(
+        [
+            [psnr_from_error(e, int(n), value_range) for e, n in zip(*row)]
+            for row in zip(error, voxels)
+        ]
+    )
 
 
 def block_edges(scores: list[BlockScore], axis: int) -> np.ndarray:
@@ -463,8 +515,12 @@ def block_edges(scores: list[BlockScore], axis: int) -> np.ndarray:
     return np.array(sorted({edge for pair in ranges for edge in pair}), dtype=np.float64)
 
 
-def plot_heatmap(path: Path, scores: list[BlockScore], value_range: float | None,
-                 voxel_nm: tuple[float, float, float] | None) -> None:
+def plot_heatmap(
+    path: Path,
+    scores: list[BlockScore],
+    value_range: float | None,
+    voxel_nm: tuple[float, float, float] | None,
+) -> None:
     """Block PSNR over (y, x), z folded in; axes in µm (px if the voxel size is unknown).
     Blocks identical to the reference (infinite PSNR) are drawn light grey."""
     if not scores or value_range is None:
@@ -484,8 +540,9 @@ def plot_heatmap(path: Path, scores: list[BlockScore], value_range: float | None
     figure = Figure(figsize=(7.0, 1.2 + 5.2 * aspect), dpi=110, layout="constrained")
     axes = figure.add_subplot()
     shown = np.where(np.isinf(grid), high + 1.0, grid)  # inf would be masked, not "over"
-    mesh = axes.pcolormesh(x_edges, y_edges, shown, cmap=colours, vmin=low, vmax=high,
-                           edgecolors="face")
+    mesh = axes.pcolormesh(
+        x_edges, y_edges, shown, cmap=colours, vmin=low, vmax=high, edgecolors="face"
+    )
     axes.set_xlim(x_edges[0], x_edges[-1])
     axes.set_ylim(y_edges[-1], y_edges[0])  # y down, as the sections are displayed
     axes.set_aspect("equal")
@@ -503,25 +560,37 @@ def plot_heatmap(path: Path, scores: list[BlockScore], value_range: float | None
     save_figure(figure, path)
 
 
-def label_cells(axes, grid: np.ndarray, y_edges: np.ndarray, x_edges: np.ndarray,
-                mesh, decimals: int) -> None:
+def label_cells(
+    axes, grid: np.ndarray, y_edges: np.ndarray, x_edges: np.ndarray, mesh, decimals: int
+) -> None:
     """Write each cell's PSNR on it, dark on light colours and light on dark ones."""
     centres_y, centres_x = ((edges[:-1] + edges[1:]) / 2 for edges in (y_edges, x_edges))
     for (row, column), value in np.ndenumerate(grid):
         text = "∞" if np.isinf(value) else f"{value:.{decimals}f}"
         red, green, blue, _ = mesh.to_rgba(value)
         light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
-        axes.text(centres_x[column], centres_y[row], text, ha="center", va="center",
-                  fontsize=8, color="black" if light else "white")
+        axes.text(
+            centres_x[column],
+            centres_y[row],
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="black" if light else "white",
+        )
 
 
-def plot_frc(path: Path, comparisons: list[FRCComparison],
-             voxel_nm: tuple[float, float, float] | None) -> None:
+def plot_frc(
+    path: Path, comparisons: list[FRCComparison], voxel_nm: tuple[float, float, float] | None
+) -> None:
     """FRC curves against spatial frequency, with the 1/7 and half-bit thresholds; each
     legend entry gives the pair's resolution and a dot marks its 1/7 crossing."""
     if not comparisons:
-        save_message(path, "Fourier ring correlation",
-                     "no independent pair: give --sr2 or --reference2 to measure resolution")
+        save_message(
+            path,
+            "Fourier ring correlation",
+            "no independent pair: give --sr2 or --reference2 to measure resolution",
+        )
         return
     pixel_nm = in_plane_pixel_nm(voxel_nm)
     per_unit, unit = (1 / pixel_nm, "nm") if pixel_nm else (1.0, "px")
@@ -536,8 +605,14 @@ def plot_frc(path: Path, comparisons: list[FRCComparison],
     first = comparisons[0]
     frequency = first.curve.frequency * per_unit
     axes.axhline(1 / 7, color="0.3", ls="--", lw=1, label="threshold 1/7")
-    axes.plot(frequency, first.curve.half_bit_threshold, color="0.3", ls=":", lw=1.2,
-              label="threshold half-bit")
+    axes.plot(
+        frequency,
+        first.curve.half_bit_threshold,
+        color="0.3",
+        ls=":",
+        lw=1.2,
+        label="threshold half-bit",
+    )
     axes.set_xlim(0, frequency[-1])
     axes.set_ylim(-0.2, 1.05)
     axes.set_xlabel(f"spatial frequency (1/{unit})")

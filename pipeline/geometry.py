@@ -14,7 +14,7 @@ Triple = tuple[int, int, int]
 
 
 def parse_triple(text: str, name: str) -> Triple:
-    """"Z,Y,X" → (z, y, x) of positive integers, with a one-line error naming the option."""
+    """ "Z,Y,X" → (z, y, x) of positive integers, with a one-line error naming the option."""
     try:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -35,7 +35,7 @@ class Box:
 
     @classmethod
     def parse(cls, text: str) -> Box:
-        """"z0:z1,y0:y1,x0:x1" (the --roi syntax) → Box."""
+        """ "z0:z1,y0:y1,x0:x1" (the --roi syntax) → Box."""
         try:
             pairs = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
             begin, end = zip(*pairs, strict=True)

@@ -56,7 +56,7 @@ class BlockPlan:
 
     def chunk_box(self, index: int) -> Box:
         """Block `index`'s whole-chunk region: its full box cut only to the volume."""
-        gz, gy, gx = self.grid
+        _, gy, gx = self.grid
         position = (index // (gy * gx), index // gx % gy, index % gx)
         begin = tuple(v + p * b for v, p, b in zip(self.volume.begin, position, self.block))
         return Box.from_shape(self.block, begin).intersect(self.volume)  # type: ignore[arg-type]
@@ -76,7 +76,9 @@ class BlockPlan:
         if self.roi is None:
             yield from range(self.block_count)
             return
-        first = [max(0, (r - v) // b) for r, v, b in zip(self.roi.begin, self.volume.begin, self.block)]
+        first = [
+            max(0, (r - v) // b) for r, v, b in zip(self.roi.begin, self.volume.begin, self.block)
+        ]
         last = [-(-(r - v) // b) for r, v, b in zip(self.roi.end, self.volume.begin, self.block)]
         _, gy, gx = self.grid
         for z in range(first[0], last[0]):

@@ -91,7 +91,10 @@ def choose_intensity(source: Volume, normalization: str) -> IntensityRange:
         return IntensityRange.of_dtype(source.info.dtype)
     sections, height, width = source.info.shape
     picks = np.unique(np.linspace(0, sections - 1, num=min(8, sections)).astype(int))
-    crop = (slice((height - min(height, 1024)) // 2, None), slice((width - min(width, 1024)) // 2, None))
+    crop = (
+        slice((height - min(height, 1024)) // 2, None),
+        slice((width - min(width, 1024)) // 2, None),
+    )
     sample = np.concatenate(
         [source.read((slice(z, z + 1), crop[0], crop[1])).ravel()[: 1 << 20] for z in picks]
     )
@@ -120,7 +123,9 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     write_unit = request.shard or chunk
     block = request.block or default_block(write_unit, scale, request.tile)
     plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, request.roi)
-    lattice = TileLattice.for_section((y, x), request.tile, request.halo, checkpoint.model.config.window)
+    lattice = TileLattice.for_section(
+        (y, x), request.tile, request.halo, checkpoint.model.config.window
+    )
     intensity = choose_intensity(source, request.normalization)
     configuration = {
         "input": redact(request.input_url),

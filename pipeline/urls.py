@@ -30,10 +30,17 @@ ACCEPTED_FORMS = (
 _PREFIX_FORMATS = MappingProxyType(
     {"zarr3": "zarr3", "zarr": "zarr", "zarr2": "zarr", "precomputed": "precomputed"}
 )
-_PIPE_FORMATS = MappingProxyType({"zarr3:": "zarr3", "zarr2:": "zarr", "zarr:": "zarr3",
-                                  "neuroglancer-precomputed:": "precomputed"})
+_PIPE_FORMATS = MappingProxyType(
+    {
+        "zarr3:": "zarr3",
+        "zarr2:": "zarr",
+        "zarr:": "zarr3",
+        "neuroglancer-precomputed:": "precomputed",
+    }
+)
 _METADATA_KEYS = MappingProxyType(
-    {"zarr3": ("zarr.json",), "zarr": (".zarray", ".zgroup"), "precomputed": ("info",)})
+    {"zarr3": ("zarr.json",), "zarr": (".zarray", ".zgroup"), "precomputed": ("info",)}
+)
 
 
 @dataclass(frozen=True)

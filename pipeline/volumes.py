@@ -24,8 +24,17 @@ Triple = tuple[int, int, int]
 Voxel = tuple[float, float, float]
 
 ALLOWED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32"))
-_NM_PER_UNIT = MappingProxyType({None: 1.0, "nanometer": 1.0, "angstrom": 0.1, "picometer": 1e-3,
-                                 "micrometer": 1e3, "millimeter": 1e6, "meter": 1e9})
+_NM_PER_UNIT = MappingProxyType(
+    {
+        None: 1.0,
+        "nanometer": 1.0,
+        "angstrom": 0.1,
+        "picometer": 1e-3,
+        "micrometer": 1e3,
+        "millimeter": 1e6,
+        "meter": 1e9,
+    }
+)
 _UPDATE_ATTEMPTS = 5
 
 
@@ -94,7 +103,8 @@ class Volume:
                 raise VolumeError(
                     f"write of {_show(box)} to {self.info.url} cuts its write chunks "
                     f"{self.info.chunk} along {'zyx'[axis]}: start at multiples of the chunk and "
-                    "end at multiples or at the volume's edge")
+                    "end at multiples or at the volume's edge"
+                )
         return self._store[box].write(array)
 
     def write(self, box: Box, array: np.ndarray) -> None:
@@ -123,8 +133,10 @@ class Volume:
         if len(box) != 3 or not all(isinstance(p, slice) and p.step in (None, 1) for p in box):
             raise VolumeError(f"a box is 3 slices (z, y, x) with step 1, not {box!r}")
         shape = self.info.shape
-        box = tuple(slice(p.start or 0, n if p.stop is None else p.stop)
-                    for p, n in zip(box, shape, strict=True))
+        box = tuple(
+            slice(p.start or 0, n if p.stop is None else p.stop)
+            for p, n in zip(box, shape, strict=True)
+        )
         if not all(0 <= p.start < p.stop <= n for p, n in zip(box, shape, strict=True)):
             raise VolumeError(f"box {_show(box)} is outside {self.info.url} (shape {shape})")
         return box
@@ -137,9 +149,17 @@ def open_volume(url: str) -> Volume:
         return _open(source, url)
 
 
-def create_volume(url: str, shape: Triple, dtype: np.dtype | str, voxel_size_nm: Voxel,
-                  chunk: Triple, *, shard: Triple | None = None, attributes: dict | None = None,
-                  overwrite: bool = False) -> Volume:
+def create_volume(
+    url: str,
+    shape: Triple,
+    dtype: np.dtype | str,
+    voxel_size_nm: Voxel,
+    chunk: Triple,
+    *,
+    shard: Triple | None = None,
+    attributes: dict | None = None,
+    overwrite: bool = False,
+) -> Volume:
     """Create an empty volume, or reopen an existing one that matches exactly.
 
     `chunk` is the storage chunk, the unit a reader fetches. `shard`, a multiple of `chunk`,
@@ -160,14 +180,26 @@ def create_volume(url: str, shape: Triple, dtype: np.dtype | str, voxel_size_nm:
         if source.format == "precomputed":
             source.write_json("info", spec.precomputed_info(attributes or {}))
         else:  # the array first: if the location is unwritable, nothing is left behind
-            ts.open({"driver": "zarr3", "kvstore": source.child("0"),
-                     "metadata": spec.zarr3_metadata()}, create=True).result()
+            ts.open(
+                {
+                    "driver": "zarr3",
+                    "kvstore": source.child("0"),
+                    "metadata": spec.zarr3_metadata(),
+                },
+                create=True,
+            ).result()
             source.write_json("zarr.json", spec.ome_group(attributes or {}))
     return open_volume(url)
 
 
-def write_array(url: str, array: np.ndarray, voxel_size_nm: Voxel, chunk: Triple | None = None,
-                *, overwrite: bool = False) -> Volume:
+def write_array(
+    url: str,
+    array: np.ndarray,
+    voxel_size_nm: Voxel,
+    chunk: Triple | None = None,
+    *,
+    overwrite: bool = False,
+) -> Volume:
     """Store a whole (z, y, x) array as a volume in one go (phantoms, training pairs, tests).
 
     The default chunk is one section of up to 256 × 256: EMSR works section by section
@@ -194,14 +226,23 @@ class _NewVolume:
         dtype = np.dtype(dtype)
         if dtype not in ALLOWED_DTYPES:
             raise VolumeError(f"dtype {dtype} is not supported: use uint8, uint16 or float32")
-        for name, values in (("shape", shape), ("chunk", chunk), ("shard", shard or chunk),
-                             ("voxel size (nm)", voxel_size_nm)):
+        for name, values in (
+            ("shape", shape),
+            ("chunk", chunk),
+            ("shard", shard or chunk),
+            ("voxel size (nm)", voxel_size_nm),
+        ):
             if len(values) != 3 or min(values) <= 0:
                 raise VolumeError(f"{name} must be 3 positive (z, y, x) numbers, not {values}")
         if shard and any(s % c for s, c in zip(shard, chunk, strict=True)):
             raise VolumeError(f"shard {tuple(shard)} must be a multiple of chunk {tuple(chunk)}")
-        return cls(_ints(shape), dtype, tuple(map(float, voxel_size_nm)), _ints(chunk),
-                   _ints(shard) if shard else None)
+        return cls(
+            _ints(shape),
+            dtype,
+            tuple(map(float, voxel_size_nm)),
+            _ints(chunk),
+            _ints(shard) if shard else None,
+        )
 
     def expected(self, fmt: str) -> tuple:
         """(format, shape, dtype, voxel size, write chunk, read chunk) once created."""
@@ -212,15 +253,33 @@ class _NewVolume:
 
     def zarr3_metadata(self) -> dict:
         little_endian = {"name": "bytes", "configuration": {"endian": "little"}}
-        codecs = [little_endian, {"name": "blosc", "configuration": {
-            "cname": "zstd", "clevel": 5, "shuffle": "shuffle"}}]
+        codecs = [
+            little_endian,
+            {
+                "name": "blosc",
+                "configuration": {"cname": "zstd", "clevel": 5, "shuffle": "shuffle"},
+            },
+        ]
         if self.shard:
-            codecs = [{"name": "sharding_indexed", "configuration": {
-                "chunk_shape": self.chunk, "codecs": codecs,
-                "index_codecs": [little_endian, {"name": "crc32c"}]}}]
+            codecs = [
+                {
+                    "name": "sharding_indexed",
+                    "configuration": {
+                        "chunk_shape": self.chunk,
+                        "codecs": codecs,
+                        "index_codecs": [little_endian, {"name": "crc32c"}],
+                    },
+                }
+            ]
         grid = {"name": "regular", "configuration": {"chunk_shape": self.shard or self.chunk}}
-        return {"shape": self.shape, "data_type": self.dtype.name, "chunk_grid": grid,
-                "codecs": codecs, "fill_value": 0, "dimension_names": ["z", "y", "x"]}
+        return {
+            "shape": self.shape,
+            "data_type": self.dtype.name,
+            "chunk_grid": grid,
+            "codecs": codecs,
+            "fill_value": 0,
+            "dimension_names": ["z", "y", "x"],
+        }
 
     def ome_group(self, attributes: dict) -> dict:
         """An OME-Zarr 0.5 image group whose single scale is the array "0"."""
@@ -230,18 +289,32 @@ class _NewVolume:
             "datasets": [{"path": "0", "coordinateTransformations": [scale]}],
         }
         ome = {"version": "0.5", "multiscales": [multiscale]}
-        return {"zarr_format": 3, "node_type": "group",
-                "attributes": {"ome": ome, "emsr": attributes}}
+        return {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {"ome": ome, "emsr": attributes},
+        }
 
     def precomputed_info(self, attributes: dict) -> dict:
         resolution = [int(v) if v.is_integer() else v for v in self.voxel_size_nm[::-1]]
-        scale = {"key": "_".join(f"{v:g}" for v in resolution), "resolution": resolution,
-                 "size": self.shape[::-1], "voxel_offset": [0, 0, 0],
-                 "chunk_sizes": [self.chunk[::-1]], "encoding": "raw"}
+        scale = {
+            "key": "_".join(f"{v:g}" for v in resolution),
+            "resolution": resolution,
+            "size": self.shape[::-1],
+            "voxel_offset": [0, 0, 0],
+            "chunk_sizes": [self.chunk[::-1]],
+            "encoding": "raw",
+        }
         if self.shard:
             scale["sharding"] = _precomputed_sharding(self.shape, self.chunk, self.shard)[0]
-        return {"@type": "neuroglancer_multiscale_volume", "type": "image", "num_channels": 1,
-                "data_type": self.dtype.name, "scales": [scale], "emsr": attributes}
+        return {
+            "@type": "neuroglancer_multiscale_volume",
+            "type": "image",
+            "num_channels": 1,
+            "data_type": self.dtype.name,
+            "scales": [scale],
+            "emsr": attributes,
+        }
 
 
 def _precomputed_sharding(shape: Triple, chunk: Triple, shard: Triple) -> tuple[dict, Triple]:
@@ -262,13 +335,20 @@ def _precomputed_sharding(shape: Triple, chunk: Triple, shard: Triple) -> tuple[
     low_bits = [morton[: sum(wanted)].count(d) for d in range(3)]
     if low_bits != wanted:
         aligned = tuple(c << b for c, b in zip(chunk, low_bits[::-1], strict=True))
-        raise VolumeError(f"precomputed shard {shard} is not a Morton-aligned box of chunks in "
-                          f"this volume: use e.g. shard {aligned}")
+        raise VolumeError(
+            f"precomputed shard {shard} is not a Morton-aligned box of chunks in "
+            f"this volume: use e.g. shard {aligned}"
+        )
     bits = sum(wanted)
-    sharding = {"@type": "neuroglancer_uint64_sharded_v1", "hash": "identity",
-                "preshift_bits": bits - bits // 2, "minishard_bits": bits // 2,
-                "shard_bits": len(morton) - bits, "minishard_index_encoding": "gzip",
-                "data_encoding": "raw"}
+    sharding = {
+        "@type": "neuroglancer_uint64_sharded_v1",
+        "hash": "identity",
+        "preshift_bits": bits - bits // 2,
+        "minishard_bits": bits // 2,
+        "shard_bits": len(morton) - bits,
+        "minishard_index_encoding": "gzip",
+        "data_encoding": "raw",
+    }
     return sharding, tuple(c << b for c, b in zip(chunk, wanted[::-1], strict=True))
 
 
@@ -297,9 +377,16 @@ def _open(source: VolumeSource, url: str) -> Volume:
         raise VolumeError(f"{redact(url)} has dtype {dtype}: EMSR reads uint8, uint16 or float32")
     layout = store.chunk_layout
     info = VolumeInfo(
-        url=redact(url), shape=tuple(store.shape), dtype=dtype, voxel_size_nm=voxel_size,
-        offset=tuple(store.origin), chunk=tuple(layout.write_chunk.shape),
-        read_chunk=tuple(layout.read_chunk.shape), format=fmt, voxel_size_known=known)
+        url=redact(url),
+        shape=tuple(store.shape),
+        dtype=dtype,
+        voxel_size_nm=voxel_size,
+        offset=tuple(store.origin),
+        chunk=tuple(layout.write_chunk.shape),
+        read_chunk=tuple(layout.read_chunk.shape),
+        format=fmt,
+        voxel_size_known=known,
+    )
     return Volume(store.translate_to[0], info, doc)
 
 
@@ -310,12 +397,15 @@ def _refuse_gzip_files(source: VolumeSource, scale: dict, url: str) -> None:
     extents = zip(scale["voxel_offset"], scale["chunk_sizes"][0], scale["size"], strict=True)
     first_chunk = f"{scale['key']}/" + "_".join(f"{o}-{o + min(c, n)}" for o, c, n in extents)
     if not source.exists(first_chunk) and source.exists(f"{first_chunk}.gz"):
-        raise VolumeError(f"{redact(url)} holds gzip-compressed chunk files, which tensorstore "
-                          "reads as zeros: rewrite it uncompressed (CloudVolume compress=False)")
+        raise VolumeError(
+            f"{redact(url)} holds gzip-compressed chunk files, which tensorstore "
+            "reads as zeros: rewrite it uncompressed (CloudVolume compress=False)"
+        )
 
 
-def _zarr_array(source: VolumeSource, fmt: str, url: str
-                ) -> tuple[dict, Voxel, bool, _AttributeDoc]:
+def _zarr_array(
+    source: VolumeSource, fmt: str, url: str
+) -> tuple[dict, Voxel, bool, _AttributeDoc]:
     """The array's tensorstore spec, voxel size (and whether it is known), provenance doc.
 
     A group is read as OME-Zarr and its first dataset is the volume; a bare array has no
@@ -333,8 +423,10 @@ def _zarr_array(source: VolumeSource, fmt: str, url: str
         return {"driver": fmt, "kvstore": source.kvstore}, (1.0, 1.0, 1.0), False, doc
     multiscales = attributes.get("ome", attributes).get("multiscales")
     if not multiscales:
-        raise VolumeError(f"{redact(url)} is a Zarr group without OME-Zarr multiscales: give the "
-                          "URL of the array inside it")
+        raise VolumeError(
+            f"{redact(url)} is a Zarr group without OME-Zarr multiscales: give the "
+            "URL of the array inside it"
+        )
     dataset = multiscales[0]["datasets"][0]
     voxel_size = _ome_voxel_size(multiscales[0], dataset, url)
     return {"driver": fmt, "kvstore": source.child(dataset["path"])}, voxel_size, True, doc
@@ -342,19 +434,28 @@ def _zarr_array(source: VolumeSource, fmt: str, url: str
 
 def _ome_voxel_size(multiscale: dict, dataset: dict, url: str) -> Voxel:
     """The dataset's (z, y, x) scale in nm: its own and the multiscale-wide scale, times units."""
-    axes = [axis if isinstance(axis, dict) else {"name": axis}  # OME 0.3 names axes by string
-            for axis in multiscale.get("axes") or "zyx"]
+    axes = [
+        axis if isinstance(axis, dict) else {"name": axis}  # OME 0.3 names axes by string
+        for axis in multiscale.get("axes") or "zyx"
+    ]
     scale = np.ones(len(axes))
-    for transform in [*dataset.get("coordinateTransformations", []),
-                      *multiscale.get("coordinateTransformations", [])]:
+    for transform in [
+        *dataset.get("coordinateTransformations", []),
+        *multiscale.get("coordinateTransformations", []),
+    ]:
         if transform["type"] == "scale":
             scale = scale * np.asarray(transform["scale"], dtype=float)
-    space = [i for i, axis in enumerate(axes)
-             if axis.get("type", "space" if axis["name"] in ("z", "y", "x") else None) == "space"]
+    space = [
+        i
+        for i, axis in enumerate(axes)
+        if axis.get("type", "space" if axis["name"] in ("z", "y", "x") else None) == "space"
+    ]
     units = [axes[i].get("unit") for i in space]
     if len(space) != 3 or not all(unit in _NM_PER_UNIT for unit in units):
-        raise VolumeError(f"{redact(url)}: OME-Zarr axes {axes} are not 3 spatial axes in "
-                          f"known units ({', '.join(filter(None, _NM_PER_UNIT))})")
+        raise VolumeError(
+            f"{redact(url)}: OME-Zarr axes {axes} are not 3 spatial axes in "
+            f"known units ({', '.join(filter(None, _NM_PER_UNIT))})"
+        )
     return tuple(float(scale[i]) * _NM_PER_UNIT[u] for i, u in zip(space, units, strict=True))
 
 
@@ -369,8 +470,10 @@ def _matching(volume: Volume, expected: tuple) -> Volume:
         if not (np.allclose(have, want, rtol=1e-6) if name.startswith("voxel") else have == want)
     ]
     if differences:
-        raise VolumeError(f"output {info.url} exists with {', '.join(differences)}: "
-                          "pass --overwrite or choose another output")
+        raise VolumeError(
+            f"output {info.url} exists with {', '.join(differences)}: "
+            "pass --overwrite or choose another output"
+        )
     return volume
 
 

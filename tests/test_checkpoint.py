@@ -48,7 +48,7 @@ def test_truncated_weights_are_reported_corrupt(saved):
 
     config["sha256"] = file_sha256(directory / "model.safetensors")
     (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="corrupt|another model"):
+    with pytest.raises(CheckpointError, match=r"corrupt|another model"):
         read_checkpoint(directory)
 
 

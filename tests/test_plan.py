@@ -40,7 +40,9 @@ def test_misaligned_blocks_are_refused_naming_aligned_sizes():
 
 
 def test_roi_selects_only_the_blocks_it_meets():
-    plan = BlockPlan(Box.from_shape((4, 128, 128)), (2, 64, 64), (1, 32, 32), Box((0, 70, 0), (2, 80, 64)))
+    plan = BlockPlan(
+        Box.from_shape((4, 128, 128)), (2, 64, 64), (1, 32, 32), Box((0, 70, 0), (2, 80, 64))
+    )
     assert list(plan.indices()) == [2]
     assert plan.block_box(2) == Box((0, 70, 0), (2, 80, 64))
     assert plan.chunk_box(2) == Box((0, 64, 0), (2, 128, 64))

@@ -40,5 +40,9 @@ def test_super_resolve_on_slurm_workers_matches_a_local_run(
     assert list((tmp_path / "logs").iterdir()), "the worker ran as a SLURM job and logged there"
 
     local = tmp_path / "sr_local.zarr"
-    super_resolve(SuperResolveRequest(lr_url, str(local), str(checkpoint_dir), cluster=cluster_address, **OPTIONS))
+    super_resolve(
+        SuperResolveRequest(
+            lr_url, str(local), str(checkpoint_dir), cluster=cluster_address, **OPTIONS
+        )
+    )
     assert np.array_equal(open_volume(str(output)).read(ALL), open_volume(str(local)).read(ALL))

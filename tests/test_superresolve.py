@@ -23,7 +23,9 @@ ALL = (slice(None),) * 3
 
 def run(lr_url: str, output: Path | str, checkpoint: Path, cluster: str, **options) -> np.ndarray:
     options = {"chunk": (1, 32, 32), "block": (2, 64, 64), "tile": 32, "device": "cpu", **options}
-    request = SuperResolveRequest(str(lr_url), str(output), str(checkpoint), cluster=cluster, **options)
+    request = SuperResolveRequest(
+        str(lr_url), str(output), str(checkpoint), cluster=cluster, **options
+    )
     super_resolve(request)
     return open_volume(str(output)).read(ALL)
 
@@ -80,7 +82,9 @@ def test_rerun_skips_done_blocks_and_resumes_missing_ones(
     assert np.array_equal(open_volume(str(output)).read(ALL), complete)
 
 
-def test_output_of_another_configuration_is_refused(lr_url, checkpoint_dir, cluster_address, tmp_path):
+def test_output_of_another_configuration_is_refused(
+    lr_url, checkpoint_dir, cluster_address, tmp_path
+):
     output = tmp_path / "sr.zarr"
     run(lr_url, output, checkpoint_dir, cluster_address)
     with pytest.raises(LedgerError, match="another configuration"):
@@ -113,7 +117,9 @@ def test_precomputed_and_zarr_outputs_agree_through_independent_readers(
     assert tuple(cloud.resolution) == (15, 15, 50)
 
 
-def test_output_records_voxel_size_and_provenance(lr_url, checkpoint_dir, cluster_address, tmp_path):
+def test_output_records_voxel_size_and_provenance(
+    lr_url, checkpoint_dir, cluster_address, tmp_path
+):
     output = tmp_path / "sr.zarr"
     run(lr_url, output, checkpoint_dir, cluster_address)
     volume = open_volume(str(output))
@@ -137,7 +143,9 @@ def test_uint16_and_float32_inputs_keep_their_dtype(
     result = run(
         str(source), tmp_path / "sr.zarr", checkpoint_dir, cluster_address, normalization="dtype"
     )
-    reference = run(_uint8_copy(phantom, tmp_path), tmp_path / "sr8.zarr", checkpoint_dir, cluster_address)
+    reference = run(
+        _uint8_copy(phantom, tmp_path), tmp_path / "sr8.zarr", checkpoint_dir, cluster_address
+    )
     assert result.dtype == np.dtype(dtype)
     as_uint8 = result / 257.0 if dtype == "uint16" else np.clip(result * 255.0, 0, 255)
     assert np.abs(as_uint8 - reference).max() <= 1.0
