@@ -224,8 +224,8 @@ def super_resolve(
     )  # fmt: skip
     result = run_flow(super_resolve_flow, params)
     done(
-        f"{result['blocks_computed']} blocks computed, {result['blocks_skipped']} already done; "
-        f"output: {result['output']}"
+        f"output: {result['output']} ({result['blocks_computed']} blocks computed, "
+        f"{result['blocks_skipped']} already done)"
     )
 
 

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 
 import dask
 import yaml
-from dask_jobqueue import SLURMCluster
 from distributed import Client, LocalCluster
 
 from pipeline.errors import ClusterError
@@ -62,22 +61,27 @@ def connect(
     timeout: seconds to wait for the scheduler ("tcp", default 10) or for the first SLURM
         worker to join (default 300; the other jobs join as SLURM starts them).
     """
-    if workers < 1 or threads_per_worker < 1:
-        raise ClusterError(
-            f"workers and threads per worker must be at least 1, got {workers} and "
-            f"{threads_per_worker}"
-        )
+    check_cluster(cluster, workers, threads_per_worker)
     if cluster == "local":
         session = _local_cluster(workers, threads_per_worker)
     elif cluster == "slurm":
         config = slurm_config or DEFAULT_SLURM_CONFIG
         session = _slurm_cluster(workers, config, timeout or SLURM_START_TIMEOUT_S)
-    elif cluster.startswith("tcp://"):
-        session = _existing_scheduler(cluster, timeout or SCHEDULER_CONNECT_TIMEOUT_S)
     else:
-        raise ClusterError(f"unknown cluster {cluster!r}; use {ACCEPTED_CLUSTERS}")
+        session = _existing_scheduler(cluster, timeout or SCHEDULER_CONNECT_TIMEOUT_S)
     with session as client:
         yield client
+
+
+def check_cluster(cluster: str, workers: int = 1, threads_per_worker: int = 1) -> None:
+    """Refuse a cluster choice that cannot work, before a run writes anything."""
+    if workers < 1 or threads_per_worker < 1:
+        raise ClusterError(
+            f"workers and threads per worker must be at least 1, got {workers} and "
+            f"{threads_per_worker}"
+        )
+    if cluster not in ("local", "slurm") and not cluster.startswith("tcp://"):
+        raise ClusterError(f"unknown cluster {cluster!r}; use {ACCEPTED_CLUSTERS}")
 
 
 def worker_gpu_count(client: Client) -> int:
@@ -202,6 +206,10 @@ def _slurm_cluster(jobs: int, config: Path, timeout: float) -> Iterator[Client]:
     job_name = options["job_name"]
     with ExitStack() as stack:
         stack.enter_context(_cancelled_on_exit(job_name))
+        # Imported here: dask_jobqueue installs a signal handler on import, which fails in the
+        # non-main threads where Prefect loads flows.
+        from dask_jobqueue import SLURMCluster
+
         cluster = stack.enter_context(SLURMCluster(**options))
         _check_job_accepted(cluster.job_script(), config)
         cluster.scale(jobs=jobs)

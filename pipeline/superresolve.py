@@ -16,7 +16,7 @@ import numpy as np
 from emsr.checkpoint import Checkpoint, read_checkpoint
 from emsr.intensity import IntensityRange
 from pipeline.block import BlockTask
-from pipeline.cluster import connect
+from pipeline.cluster import check_cluster, connect
 from pipeline.dispatch import Dispatcher, RunProgress, RunReport, raise_for_failures
 from pipeline.errors import LedgerError, PlanError, VolumeError
 from pipeline.geometry import Box, Triple
@@ -114,6 +114,7 @@ def check_scale(request: SuperResolveRequest, checkpoint: Checkpoint) -> int:
 
 def prepare(request: SuperResolveRequest) -> PreparedRun:
     """Validate the request, then create (or reopen) the output with its provenance."""
+    check_cluster(request.cluster, request.workers, request.threads_per_worker)
     checkpoint = read_checkpoint(request.checkpoint)
     scale = check_scale(request, checkpoint)
     source = open_volume(request.input_url)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a phantom volume pair, a small checkpoint, a Dask cluster for the session."""
+"""Shared fixtures: a phantom, a small checkpoint, and the real services the tests start once
+per session: a Dask cluster, a single-node SLURM and a Prefect server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from distributed import LocalCluster
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_server import PrefectServer, running_server
 from slurm import SlurmUnavailable, single_node_slurm
 
 from emsr.checkpoint import save_checkpoint
@@ -74,3 +77,18 @@ def slurm() -> Iterator[dict[str, str]]:
         for name, value in env.items():
             patch.setenv(name, value)
         yield env
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """One real Prefect server for the session (SQLite in a temporary PREFECT_HOME, no UI);
+    stopped by PID with everything it started when the session ends."""
+    with running_server(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server: PrefectServer) -> Iterator[str]:
+    """Flows called in this process report to the session's server (no temporary server)."""
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        yield prefect_server.api_url

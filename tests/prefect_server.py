@@ -186,9 +186,10 @@ def stop_process_tree(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S
         tree = []
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    for member in tree:
-        with suppress(psutil.NoSuchProcess):
-            member.terminate()
+    for member in tree:  # one SIGTERM each: Prefect's CLI turns a second one into SIGKILL
+        with suppress(ProcessLookupError, psutil.NoSuchProcess):
+            if os.getpgid(member.pid) != process.pid:
+                member.terminate()
     _, alive = psutil.wait_procs(tree, timeout=timeout)
     for member in alive:
         with suppress(psutil.NoSuchProcess):

@@ -4,14 +4,12 @@ scans where the phantom's PSF and noise put it, refused mismatches, readable plo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from prefect.testing.utilities import prefect_test_harness
 from scipy.signal.windows import hann
 
 from emsr.errors import DataError
@@ -51,12 +49,6 @@ def hr_audit(urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         out_dir=tmp_path_factory.mktemp("audit") / "out",
     )  # fmt: skip
     return audit(request)
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness():
-        yield
 
 
 def strict_json(path: Path) -> dict:
@@ -257,7 +249,7 @@ def test_each_stored_chunk_is_read_once_however_small_the_blocks(urls, tmp_path,
                                    for box in sections)
 
 
-def test_flow_returns_global_metrics_and_fails_cleanly(prefect_server, urls, tmp_path) -> None:
+def test_flow_returns_global_metrics_and_fails_cleanly(prefect_api, urls, tmp_path) -> None:
     params = AuditParams(sr_url=urls["hr"], reference_url=urls["hr_clean"],
                          reference2_url=urls["hr2"], out=str(tmp_path / "audit"))
     result = audit_metrics_flow(params)

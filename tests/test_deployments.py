@@ -1,8 +1,8 @@
 """deploy/prefect.yaml end to end: a real Prefect server and process worker run the
 super-resolve deployment, and its output is bit-identical to calling the pipeline directly.
 
-Takes about a minute: the server starts (~15 s), the four flows are deployed, a worker picks up
-the run and starts the flow in a fresh process.
+Takes about a minute: the session's server starts (~15 s, shared with other modules), the four
+flows are deployed, a worker picks up the run and starts the flow in a fresh process.
 """
 
 import json
@@ -14,13 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from prefect_server import (
-    PrefectServer,
-    log_tail,
-    running_server,
-    running_worker,
-    wait_for_flow_run,
-)
+from prefect_server import PrefectServer, log_tail, running_worker, wait_for_flow_run
 
 from flows.params import SuperResolveParams
 from pipeline.superresolve import super_resolve
@@ -38,21 +32,10 @@ EXPECTED_DEPLOYMENTS = {
 RUN_TIMEOUT_S = 180
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """One real Prefect server for the session: SQLite in a temporary PREFECT_HOME, no UI.
-
-    Reusable by any module (move it to conftest.py to share it); it is stopped by PID, with
-    all it started, at the end of the session.
-    """
-    with running_server(tmp_path_factory.mktemp("prefect-home")) as server:
-        yield server
-    assert server.process.returncode is not None, "the Prefect server is still running"
-
-
 @pytest.fixture(scope="module")
 def deployed(prefect_server: PrefectServer) -> PrefectServer:
-    """The `emsr` process pool and every deployment of deploy/prefect.yaml, as the docs say."""
+    """The `emsr` process pool and every deployment of deploy/prefect.yaml, as the docs say,
+    on the session's server (conftest's `prefect_server`)."""
     prefect_server.cli("work-pool", "create", POOL, "--type", "process")
     prefect_server.cli(
         "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE), cwd=REPO
@@ -85,10 +68,8 @@ def test_every_flow_deploys_with_a_typed_parameter_form(deployed: PrefectServer)
     import; this catches that.
     """
     with deployed.client() as client:
-        deployments = client.read_deployments()
-        names = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in deployments}
-    assert set(names) == EXPECTED_DEPLOYMENTS
-    for name, deployment in names.items():
+        deployments = {name: client.read_deployment_by_name(name) for name in EXPECTED_DEPLOYMENTS}
+    for name, deployment in deployments.items():
         schema = deployment.parameter_openapi_schema
         reference = schema["properties"]["params"].get("$ref", "")
         model = reference.rsplit("/", 1)[-1]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 from scipy import ndimage
 
 from emsr.degradations import Degradation, estimate_noise_sigma
@@ -39,12 +37,6 @@ def volumes(phantom: PhantomVolumes, tmp_path_factory: pytest.TempPathFactory) -
     write_array(urls["hr_clean"], phantom.hr_clean, phantom.hr_voxel_nm)
     write_array(urls["hr_moved"], shifted(phantom.hr, (2, -3)), phantom.hr_voxel_nm)
     return urls
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness():
-        yield
 
 
 def test_synthetic_pairs_have_lr_shape_and_requested_noise(phantom, volumes, tmp_path):
@@ -171,7 +163,7 @@ def test_acquired_modes_need_an_lr_volume(hr_url, tmp_path):
         extract_pairs(PairRequest(hr_url, str(tmp_path / "pairs"), mode="denoised"))
 
 
-def test_flow_writes_a_store_and_fails_with_one_line(prefect_server, lr_url, hr_url, tmp_path):
+def test_flow_writes_a_store_and_fails_with_one_line(prefect_api, lr_url, hr_url, tmp_path):
     params = ExtractPairsParams(hr_url=hr_url, lr_url=lr_url, out=str(tmp_path / "pairs"))
     result = extract_training_pairs_flow(params)
     assert result["mode"] == "real" and result["lr_shape"] == [6, 64, 80]

@@ -1,0 +1,154 @@
+"""The `emsr` command as a user runs it: closing lines, and one clear line for bad input.
+
+Every bad-input case must exit 2 with exactly one line on stderr naming the problem, print
+no traceback, and leave nothing where it should not be.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.volumes import write_array
+
+EMSR = str(Path(sys.executable).with_name("emsr"))
+
+
+def emsr(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([EMSR, *arguments], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def env(prefect_server) -> dict[str, str]:
+    """Flows report to the session's Prefect server instead of starting one per command."""
+    return prefect_server.environment()
+
+
+@pytest.fixture(scope="module")
+def volumes(phantom, tmp_path_factory) -> dict[str, str]:
+    """Inputs for the bad-input matrix, each wrong in one way."""
+    root = tmp_path_factory.mktemp("inputs")
+    flat = zarr.create_array(
+        str(root / "flat.zarr"), shape=(64, 80), dtype="uint8", chunks=(32, 32)
+    )
+    flat[:] = 1
+    wide = zarr.create_array(
+        str(root / "int32.zarr"), shape=(2, 64, 80), dtype="int32", chunks=(1, 32, 32)
+    )
+    wide[:] = 1
+    nan = phantom.lr.astype(np.float32) / 255
+    nan[1, 10, 10] = np.nan
+    write_array(str(root / "nan.zarr"), nan, phantom.lr_voxel_nm)
+    (root / "model.pt").write_bytes(pickle.dumps({"weights": 1}))
+    (root / "a_file").write_text("not a directory")
+    names = {"flat": "flat.zarr", "int32": "int32.zarr", "nan": "nan.zarr", "pickle": "model.pt"}
+    return {key: str(root / name) for key, name in {**names, "a_file": "a_file"}.items()}
+
+
+@pytest.fixture(scope="module")
+def tampered_checkpoint(checkpoint_dir, tmp_path_factory) -> str:
+    copy = tmp_path_factory.mktemp("tampered")
+    for name in ("model.safetensors", "config.json"):
+        (copy / name).write_bytes((checkpoint_dir / name).read_bytes())
+    config = json.loads((copy / "config.json").read_text())
+    config["sha256"] = "0" * 64
+    (copy / "config.json").write_text(json.dumps(config))
+    return str(copy)
+
+
+SMALL = ["--chunk", "1,32,32", "--block", "2,64,64", "--tile", "32", "--device", "cpu"]
+
+BAD_INPUTS = {
+    "missing store": (["{tmp}/absent.zarr", "{out}"], "no volume at"),
+    "unknown scheme": (["ftp://host/em", "{out}"], "unknown volume URL"),
+    "2-D input": (["{flat}", "{out}"], "rank 2"),
+    "unsupported dtype": (["{int32}", "{out}"], "int32"),
+    "NaN in float input": (["{nan}", "{out}"], "NaN"),
+    "block not chunk-aligned": (
+        ["{lr}", "{out}", "--block", "2,40,64"],
+        "whole number of output chunks",
+    ),
+    "ROI outside the volume": (
+        ["{lr}", "{out}", "--roi", "0:2,0:64,0:999"],
+        "outside the output volume",
+    ),
+    "ROI syntax": (["{lr}", "{out}", "--roi", "0:2,0:64"], "--roi must look like"),
+    "empty ROI": (["{lr}", "{out}", "--roi", "0:0,0:64,0:64"], "is empty"),
+    "scale differs from the checkpoint": (
+        ["{lr}", "{out}", "--scale", "3"],
+        "super-resolves ×2, not ×3",
+    ),
+    "unknown device": (["{lr}", "{out}", "--device", "tpu"], "--device"),
+    "checkpoint missing": (["{lr}", "{out}", "--checkpoint", "{tmp}/no-ckpt"], "no checkpoint at"),
+    "checkpoint hash mismatch": (
+        ["{lr}", "{out}", "--checkpoint", "{tampered}"],
+        "does not match the sha256",
+    ),
+    "pickled checkpoint": (
+        ["{lr}", "{out}", "--checkpoint", "{pickle}"],
+        "pickles are never loaded",
+    ),
+    "output under a file": (["{lr}", "{a_file}/sr.zarr"], "cannot"),
+    "bad cluster": (
+        ["{lr}", "{out}", "--cluster", "kubernetes"],
+        "'local', 'slurm' or 'tcp://HOST:PORT'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(
+    case, env, volumes, lr_url, checkpoint_dir, tampered_checkpoint, tmp_path
+):
+    arguments, expected = BAD_INPUTS[case]
+    names = {**volumes, "lr": lr_url, "out": str(tmp_path / "sr.zarr"), "tmp": str(tmp_path),
+             "tampered": tampered_checkpoint}  # fmt: skip
+    filled = [argument.format(**names) for argument in arguments]
+    if "--checkpoint" not in filled:
+        filled += ["--checkpoint", str(checkpoint_dir)]
+    result = emsr("super-resolve", *SMALL, *filled, env=env)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert lines[-1].startswith("error: ") and expected in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr and len([x for x in lines if "error" in x]) == 1
+    assert not (tmp_path / "sr.zarr").exists() or case == "NaN in float input"
+
+
+def test_debug_shows_the_traceback(env, checkpoint_dir, tmp_path):
+    result = emsr("--debug", "super-resolve", "ftp://x/y", str(tmp_path / "o.zarr"),
+                  "--checkpoint", str(checkpoint_dir), env=env)  # fmt: skip
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_phantom_train_super_resolve_audit_each_end_with_where_the_result_is(env, tmp_path):
+    phantom = tmp_path / "phantom"
+    steps = [
+        (["phantom", str(phantom), "--shape", "4,64,64"],
+         f"phantom volumes: {phantom}/hr_clean.zarr"),
+        (["train", "--lr", f"{phantom}/lr.zarr", "--hr", f"{phantom}/hr.zarr", "--out",
+          f"{tmp_path}/ckpt", "--steps", "3", "--patch", "16", "--device", "cpu"],
+         f"checkpoint: {tmp_path}/ckpt at step 3"),
+        (["super-resolve", f"{phantom}/lr.zarr", f"{tmp_path}/sr.zarr", "--checkpoint",
+          f"{tmp_path}/ckpt", *SMALL], f"output: zarr3://file://{tmp_path}/sr.zarr"),
+        (["audit", "--sr", f"{tmp_path}/sr.zarr", "--reference", f"{phantom}/hr_clean.zarr",
+          "--out", f"{tmp_path}/audit"], f"metrics: {tmp_path}/audit/metrics.json (PSNR"),
+    ]  # fmt: skip
+    for arguments, closing in steps:
+        result = emsr(*arguments, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(closing), result.stderr
+
+
+def test_every_command_has_help():
+    for command in ("phantom", "train", "extract-pairs", "super-resolve", "audit", "demo"):
+        result = subprocess.run(
+            [EMSR, command, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0 and "Usage" in result.stdout
