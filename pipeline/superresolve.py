@@ -112,6 +112,41 @@ def check_scale(request: SuperResolveRequest, checkpoint: Checkpoint) -> int:
     return checkpoint.scale
 
 
+def output_attributes(request: SuperResolveRequest, configuration: dict, key: str) -> dict:
+    """Provenance stored with the output: the configuration, its hash and the version."""
+    return {
+        "version": version("emsr-pipeline"),
+        "configuration_hash": key,
+        "checkpoint_dir": str(Path(request.checkpoint).resolve()),
+        **configuration,
+    }
+
+
+def create_output(
+    request: SuperResolveRequest, source: Volume, scale: int, chunk: Triple, attributes: dict
+) -> Volume:
+    """Create the output (or reopen it) and refuse one written with another configuration."""
+    z, y, x = source.info.shape
+    voxel_size = tuple(v / f for v, f in zip(source.info.voxel_size_nm, (1, scale, scale)))
+    output = create_volume(
+        request.output_url,
+        (z, y * scale, x * scale),
+        source.info.dtype,
+        voxel_size,
+        chunk,
+        shard=request.shard,
+        attributes=attributes,
+        overwrite=request.overwrite,
+    )
+    if output.read_attributes().get("configuration_hash") != attributes["configuration_hash"]:
+        raise LedgerError(
+            f"{redact(request.output_url)} was written with another configuration "
+            f"(input, checkpoint, tiles or blocks differ); pass --overwrite to replace it "
+            "or choose another output"
+        )
+    return output
+
+
 def prepare(request: SuperResolveRequest) -> PreparedRun:
     """Validate the request, then create (or reopen) the output with its provenance."""
     check_cluster(request.cluster, request.workers, request.threads_per_worker)
@@ -124,9 +159,8 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     write_unit = request.shard or chunk
     block = request.block or default_block(write_unit, scale, request.tile)
     plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, request.roi)
-    lattice = TileLattice.for_section(
-        (y, x), request.tile, request.halo, checkpoint.model.config.window
-    )
+    window = checkpoint.model.config.window
+    lattice = TileLattice.for_section((y, x), request.tile, request.halo, window)
     intensity = choose_intensity(source, request.normalization)
     configuration = {
         "input": redact(request.input_url),
@@ -140,30 +174,8 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
         "chunk": list(chunk),
     }
     key = configuration_hash(configuration)
-    provenance = {
-        "version": version("emsr-pipeline"),
-        "configuration_hash": key,
-        "checkpoint_dir": str(Path(request.checkpoint).resolve()),
-        **configuration,
-    }
-    voxel_size = tuple(v / f for v, f in zip(source.info.voxel_size_nm, (1, scale, scale)))
-    output = create_volume(
-        request.output_url,
-        output_shape,
-        source.info.dtype,
-        voxel_size,
-        chunk,
-        shard=request.shard,
-        attributes=provenance,
-        overwrite=request.overwrite,
-    )
-    recorded = output.read_attributes().get("configuration_hash")
-    if recorded != key:
-        raise LedgerError(
-            f"{redact(request.output_url)} was written with another configuration "
-            f"(input, checkpoint, tiles or blocks differ); pass --overwrite to replace it "
-            "or choose another output"
-        )
+    attributes = output_attributes(request, configuration, key)
+    output = create_output(request, source, scale, chunk, attributes)
     task = BlockTask(
         input_url=request.input_url,
         output_url=request.output_url,
@@ -175,7 +187,7 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
         device=request.device,
         batch_size=request.batch_size,
     )
-    return PreparedRun(task, plan, key, output, provenance)
+    return PreparedRun(task, plan, key, output, attributes)
 
 
 def super_resolve(
@@ -194,6 +206,8 @@ def super_resolve(
     total = len(indices)
     if on_start:
         on_start(total, skipped)
+    if skipped == total:
+        return RunReport(blocks_total=total, blocks_skipped=skipped)
     with connect(
         request.cluster,
         request.workers,
