@@ -143,7 +143,9 @@ def _read_slurm_spec(config: Path) -> dict[str, Any]:
     spec = jobqueue.get("slurm") if isinstance(jobqueue, dict) else None
     if not isinstance(spec, dict):
         raise ClusterError(f"SLURM settings {config} need a 'jobqueue: slurm:' mapping")
-    known = dask.config.get("jobqueue.slurm")  # dask-jobqueue's documented settings
+    import dask_jobqueue  # noqa: F401  (registers its documented settings with dask.config)
+
+    known = dask.config.get("jobqueue.slurm")
     unknown = sorted(key for key in spec if str(key).replace("_", "-") not in known)
     if unknown:
         raise ClusterError(

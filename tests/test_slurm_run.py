@@ -3,7 +3,6 @@ SLURM jobs, the output equals a local run's, and no job is left queued."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ def emsr(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_super_resolve_on_slurm_workers_matches_a_local_run(
-    slurm, lr_url, checkpoint_dir, cluster_address, tmp_path
+    slurm, prefect_server, lr_url, checkpoint_dir, cluster_address, tmp_path
 ):
     config = small_slurm_settings(tmp_path, memory="3GB")
     output = tmp_path / "sr_slurm.zarr"
@@ -32,7 +31,7 @@ def test_super_resolve_on_slurm_workers_matches_a_local_run(
         "super-resolve", lr_url, str(output), "--checkpoint", str(checkpoint_dir),
         "--chunk", "1,32,32", "--block", "2,64,64", "--tile", "32", "--device", "cpu",
         "--cluster", "slurm", "--workers", "1", "--slurm-config", str(config),
-        env={**os.environ, **slurm},
+        env=prefect_server.environment(slurm),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "output: zarr3://file://" in result.stderr
