@@ -65,7 +65,7 @@ def main(
     if debug:
         os.environ[DEBUG_ENV] = "1"
     else:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
