@@ -10,6 +10,7 @@ from flows.params import TrainParams
 from flows.progress import ProgressReport
 from flows.states import fail_on_user_error
 from pipeline.pairs import check_voxel_sizes, read_pair_store
+from pipeline.urls import confine
 from pipeline.volumes import open_volume
 
 
@@ -29,8 +30,9 @@ def train_config(params: TrainParams) -> TrainConfig:
 @fail_on_user_error
 def train_flow(params: TrainParams) -> dict:
     """Train (or resume) EMSR and leave a checkpoint directory."""
+    confine(params.out)
     if params.pairs:
-        store = read_pair_store(params.pairs)
+        store = read_pair_store(confine(params.pairs))
         if store.scale != params.scale:
             raise DataError(f"{params.pairs} holds ×{store.scale} pairs, not ×{params.scale}")
         pairs = open_pairs(store.lr_url, store.hr_url, store.scale)

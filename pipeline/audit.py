@@ -38,7 +38,7 @@ from emsr.errors import DataError, EMSRError
 from emsr.metrics import SSIM_WINDOW, FRCCurve, frc_curve, frc_resolution, psnr, ssim
 from pipeline.errors import PlanError
 from pipeline.geometry import Box, Triple
-from pipeline.urls import redact
+from pipeline.urls import confine, redact
 from pipeline.volumes import Volume, VolumeInfo, open_volume
 
 AUDIT_SIDE = 256  # largest in-plane side of a default audit block, px
@@ -414,6 +414,7 @@ class StepCounter:
 
 def prepared_output(out_dir: Path) -> Path:
     """The output folder, created now so an unwritable one fails before any work is done."""
+    confine(out_dir)
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -40,7 +40,7 @@ from emsr.degradations import (
 )
 from emsr.errors import DataError
 from emsr.intensity import IntensityRange
-from pipeline.urls import parse_volume_url, redact
+from pipeline.urls import confine, parse_volume_url, redact
 from pipeline.volumes import Triple, Volume, Voxel, create_volume, open_volume
 
 PairMode = Literal["real", "synthetic", "denoised"]
@@ -291,7 +291,7 @@ def _checked_output(request: PairRequest) -> Path:
     """The output directory, if writing there loses nothing the user did not ask to replace."""
     if "://" in request.out:
         raise DataError(f"--out must be a local directory, not {redact(request.out)}")
-    directory = Path(request.out).expanduser().resolve()
+    directory = Path(confine(request.out)).resolve()
     if directory.exists() and not directory.is_dir():
         raise DataError(f"--out {directory} is a file: choose a directory")
     if (directory / MANIFEST).exists() and not request.overwrite:

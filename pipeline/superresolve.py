@@ -23,7 +23,7 @@ from pipeline.geometry import Box, Triple
 from pipeline.ledger import DoneLedger, configuration_hash
 from pipeline.plan import BlockPlan
 from pipeline.tiles import TileLattice
-from pipeline.urls import parse_volume_url, redact
+from pipeline.urls import confine, parse_volume_url, redact
 from pipeline.volumes import Volume, create_volume, open_volume
 
 DEFAULT_TILE = 512
@@ -150,6 +150,7 @@ def create_output(
 def prepare(request: SuperResolveRequest) -> PreparedRun:
     """Validate the request, then create (or reopen) the output with its provenance."""
     check_cluster(request.cluster, request.workers, request.threads_per_worker)
+    confine(request.checkpoint)
     checkpoint = read_checkpoint(request.checkpoint)
     scale = check_scale(request, checkpoint)
     source = open_volume(request.input_url)

@@ -5,6 +5,9 @@ Users paste the same string into Neuroglancer and into `emsr`, so we accept its 
 each on top of `file://`, `gs://`, `s3://`, `http(s)://` or a local path. A bare path ending
 in `.zarr` is Zarr v3. Credentials inside a URL never reach a message: every message goes
 through `redact` (URLs) or `scrub` (tensorstore's own error text).
+
+Every local path a volume URL names passes `confine`, which keeps it inside EMSR_DATA_ROOT when
+that is set (a shared deployment that takes paths from its users).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ _PIPE_FORMATS = MappingProxyType(
         "neuroglancer-precomputed:": "precomputed",
     }
 )
+DATA_ROOT_ENV = "EMSR_DATA_ROOT"
 _METADATA_KEYS = MappingProxyType(
     {"zarr3": ("zarr.json",), "zarr": (".zarray", ".zgroup"), "precomputed": ("info",)}
 )
@@ -98,8 +102,9 @@ def reported(action: str, url: str, source: VolumeSource, hint: str = "") -> Ite
     """Turn tensorstore's errors (and malformed metadata) into one redacted VolumeError line."""
     try:
         yield
-    except (ValueError, KeyError, TypeError, IndexError) as error:
-        # `from None`: tensorstore's chained error embeds the spec, which may hold credentials.
+    except (ValueError, KeyError, TypeError, IndexError, NotImplementedError) as error:
+        # `from None`: tensorstore's chained error embeds the spec, which may hold credentials;
+        # NotImplementedError is its answer to writing a read-only store (http).
         reason = scrub(str(error), source.secrets)
         raise VolumeError(f"cannot {action} {redact(url)}: {reason}{hint}") from None
 
@@ -121,6 +126,25 @@ def parse_volume_url(url: str) -> VolumeSource:
         raise _unknown(url)
     kvstore, secrets = _kvstore_spec(location, url)
     return VolumeSource(fmt, kvstore, detect, secrets)
+
+
+def confine(path: str | os.PathLike[str]) -> str:
+    """`path` made absolute; a VolumeError if EMSR_DATA_ROOT is set and it lies outside.
+
+    The test is on the resolved path (after `..` and symlinks), so neither can lead out of the
+    root; the path itself is returned unresolved, as the user wrote it, for messages and
+    provenance. Unset or empty, the root restricts nothing.
+    """
+    absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    root = os.environ.get(DATA_ROOT_ENV)
+    if root:
+        real_root, real = os.path.realpath(os.path.expanduser(root)), os.path.realpath(absolute)
+        if os.path.commonpath((real_root, real)) != real_root:
+            raise VolumeError(
+                f"{path} escapes the data root {real_root} (it resolves to {real}): use a "
+                f"path inside {DATA_ROOT_ENV}"
+            )
+    return absolute
 
 
 def child_kvstore(kvstore: dict, name: str) -> dict:
@@ -153,7 +177,7 @@ def scrub(message: str, secrets: tuple[str, ...] = ()) -> str:
 def _kvstore_spec(location: str, url: str) -> tuple[dict, tuple[str, ...]]:
     scheme, sep, rest = location.partition("://")
     if not sep or scheme == "file":  # absolute, so that workers elsewhere find the same files
-        path = os.path.abspath(os.path.expanduser(rest if sep else location))
+        path = confine(rest if sep else location)
         return {"driver": "file", "path": _directory(path)}, ()
     if scheme == "gs":
         bucket, _, path = rest.partition("/")

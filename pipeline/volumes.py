@@ -178,7 +178,7 @@ def create_volume(
         if existing:
             source.delete_everything()
         if source.format == "precomputed":
-            source.write_json("info", spec.precomputed_info(attributes or {}))
+            _write_if_absent(source, "info", spec.precomputed_info(attributes or {}))
         else:  # the array first: if the location is unwritable, nothing is left behind
             ts.open(
                 {
@@ -187,9 +187,18 @@ def create_volume(
                     "metadata": spec.zarr3_metadata(),
                 },
                 create=True,
+                open=True,  # the same array, created by a run that started with this one
             ).result()
-            source.write_json("zarr.json", spec.ome_group(attributes or {}))
-    return open_volume(url)
+            _write_if_absent(source, "zarr.json", spec.ome_group(attributes or {}))
+    return _matching(open_volume(url), spec.expected(source.format))
+
+
+def _write_if_absent(source: VolumeSource, key: str, document: dict) -> None:
+    """Write a metadata document unless one exists, atomically: of two runs creating the
+    same output at once, the first one's document (and provenance) is the one kept."""
+    current, generation = source.read_json(key)
+    if current is None:
+        source.write_json(key, document, if_equal=generation)
 
 
 def write_array(

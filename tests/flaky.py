@@ -1,0 +1,87 @@
+"""Fault injection for block tasks, used by the reliability tests.
+
+`FaultyBlocks` has `process_block`'s signature, so `Dispatcher(..., submit=FaultyBlocks(...))`
+runs it on real Dask worker processes. Nothing is shared in memory between those processes:
+every attempt of a block appends one byte to a file named after the block, so a block's
+first attempt is recognised on any worker and the test can count every attempt afterwards.
+
+Which blocks fail, and how, follows from a hash of the block's box, so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.block import BlockOutcome, BlockTask, process_block
+from pipeline.geometry import Box
+from pipeline.volumes import open_volume
+
+
+def block_name(box: Box) -> str:
+    """A file name for the block writing `box`."""
+    return "block-" + "-".join(map(str, (*box.begin, *box.end)))
+
+
+def _digest(box: Box) -> bytes:
+    return hashlib.sha256(block_name(box).encode()).digest()
+
+
+def picked(box: Box, rate: float) -> bool:
+    """Whether the block writing `box` is one of the `rate` fraction that fail once."""
+    return int.from_bytes(_digest(box)[:4], "big") < rate * 2**32
+
+
+def fault_kind(box: Box) -> str:
+    """'read' (fail before touching anything) or 'write' (garbage in a chunk, then fail)."""
+    return "read" if _digest(box)[4] % 2 == 0 else "write"
+
+
+def record_attempt(record_dir: str, box: Box) -> int:
+    """Count this attempt of the block; returns how many attempts came before it."""
+    with open(Path(record_dir) / block_name(box), "ab") as record:
+        earlier = record.tell()
+        record.write(b".")
+    return earlier
+
+
+def attempts(record_dir: str | Path) -> dict[str, int]:
+    """Attempts per block name, as recorded by every worker."""
+    return {path.name: path.stat().st_size for path in Path(record_dir).glob("block-*")}
+
+
+def write_garbage_into_first_chunk(task: BlockTask, chunk_box: Box) -> Box:
+    """Overwrite the block's first output chunk with noise, as a write cut short would."""
+    target = open_volume(task.output_url)
+    first = Box.from_shape(target.info.chunk, chunk_box.begin).intersect(chunk_box)
+    rng = np.random.default_rng(list(_digest(chunk_box)[:8]))
+    limit = np.iinfo(target.info.dtype).max if target.info.dtype.kind == "u" else 1.0
+    garbage = (rng.random(first.shape) * limit).astype(target.info.dtype)
+    target.write(first.slices(), garbage)
+    return first
+
+
+@dataclass(frozen=True)
+class FaultyBlocks:
+    """`process_block` with injected `OSError`s.
+
+    record_dir: a directory shared by all workers, for the attempt records.
+    rate: fraction of blocks whose first attempt fails (and whose retry then succeeds).
+    always_failing: the output box of a block that fails on every attempt.
+    """
+
+    record_dir: str
+    rate: float = 0.0
+    always_failing: Box | None = None
+
+    def __call__(self, task: BlockTask, box: Box, chunk_box: Box) -> BlockOutcome:
+        earlier = record_attempt(self.record_dir, box)
+        if box == self.always_failing or (earlier == 0 and picked(box, self.rate)):
+            if fault_kind(box) == "read":
+                raise OSError(f"injected read error in block {box}")
+            chunk = write_garbage_into_first_chunk(task, chunk_box)
+            raise OSError(f"injected write error after a partial write of {chunk}")
+        return process_block(task, box, chunk_box)
