@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 from distributed import Client, Future, as_completed
 
@@ -55,7 +56,11 @@ def _worker_threads(client: Client) -> int:
 
 
 class Dispatcher:
-    """Keeps up to `window` blocks in flight and records each result in the ledger."""
+    """Keeps up to `window` blocks in flight and records each result in the ledger.
+
+    The window is refilled in batches (one `Client.map`, one scheduler update) once half of
+    it has drained: submitting block by block costs a scheduler round of its own per block.
+    """
 
     def __init__(
         self,
@@ -69,7 +74,7 @@ class Dispatcher:
         submit: Callable[..., BlockOutcome] = process_block,
     ) -> None:
         self.client, self.task, self.plan, self.ledger = client, task, plan, ledger
-        self.window = window or 2 * _worker_threads(client)
+        self.window = window or max(16, 4 * _worker_threads(client))
         self.retries = retries
         self.function = submit
         self.resources = gpu_task_resources(client)
@@ -77,26 +82,36 @@ class Dispatcher:
         self.attempts: dict[int, int] = {}
         self.index_of: dict[str, int] = {}
 
-    def _submit(self, index: int) -> Future:
-        attempt = self.attempts.get(index, 0)
-        self.attempts[index] = attempt + 1
-        future = self.client.submit(
+    def _submit(self, indices: list[int]) -> list[Future]:
+        keys = []
+        for index in indices:
+            attempt = self.attempts.get(index, 0)
+            self.attempts[index] = attempt + 1
+            keys.append(f"emsr-block-{self.token}-{index}-{attempt}")
+        futures = self.client.map(
             self.function,
-            self.task,
-            self.plan.block_box(index),
-            self.plan.chunk_box(index),
-            key=f"emsr-block-{self.token}-{index}-{attempt}",
+            [self.task] * len(indices),
+            [self.plan.block_box(index) for index in indices],
+            [self.plan.chunk_box(index) for index in indices],
+            key=keys,
             resources=self.resources,
             pure=False,
         )
-        self.index_of[future.key] = index
-        return future
+        self.index_of.update(zip(keys, indices, strict=True))
+        return futures
+
+    def _refill(self, pending: Iterator[int], queue: as_completed) -> None:
+        in_flight = len(self.index_of)
+        if in_flight <= self.window // 2:
+            batch = list(islice(pending, self.window - in_flight))
+            if batch:
+                queue.update(self._submit(batch))
 
     def _fail_or_retry(self, index: int, error: BaseException, queue: as_completed) -> str | None:
         """Resubmit a transient failure; return the reason when the block has failed for good."""
         if isinstance(error, EMSRError) or self.attempts[index] > self.retries:
             return f"{type(error).__name__}: {error}"
-        queue.add(self._submit(index))
+        queue.update(self._submit([index]))
         return None
 
     def run(
@@ -109,9 +124,12 @@ class Dispatcher:
         """Compute the `pending` blocks (`skipped` more of `total` were already done)."""
         report = RunReport(blocks_total=total, blocks_skipped=skipped)
         started = time.perf_counter()
-        queue = as_completed([self._submit(i) for _, i in zip(range(self.window), pending)])
+        # Results travel with the completion events: a `future.result()` per block would be a
+        # synchronous round trip to the worker.
+        queue = as_completed(with_results=True, raise_errors=False)
+        self._refill(pending, queue)
         try:
-            for future in queue:
+            for future, outcome in queue:
                 index = self.index_of.pop(future.key)
                 if future.status == "error":
                     reason = self._fail_or_retry(index, future.exception(), queue)
@@ -119,16 +137,13 @@ class Dispatcher:
                         report.failures[index] = reason
                         break
                     continue
-                outcome: BlockOutcome = future.result()
                 if self.plan.is_whole(index):
                     self.ledger.mark_done(index)
                 report.blocks_computed += 1
                 report.voxels_written += outcome.voxels_written
                 report.lr_pixels_computed += outcome.lr_pixels_computed
                 report.lr_pixels_needed += outcome.box.in_plane_footprint(self.task.scale).size
-                next_index = next(pending, None)
-                if next_index is not None:
-                    queue.add(self._submit(next_index))
+                self._refill(pending, queue)
                 if on_progress:
                     on_progress(
                         RunProgress(
