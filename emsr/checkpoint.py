@@ -1,10 +1,14 @@
-"""Checkpoints: a directory with `model.safetensors` and `config.json`; nothing is unpickled.
+"""Checkpoints: a directory with `config.json` and the safetensors files it names; nothing
+is unpickled.
 
-`config.json` records the architecture, preset, scale, intensity normalisation, training step
-and the sha256 of the weights file, so a run's provenance names exactly which weights made it,
-and a truncated or swapped file is refused instead of producing quietly wrong output.
-`training_state.safetensors` (optimizer moments, RNG states) is optional and only used to
-resume training exactly.
+`config.json` records the architecture, preset, scale, intensity normalisation, training step,
+the weights file and its sha256, so a run's provenance names exactly which weights made it,
+and a truncated or swapped file is refused instead of producing quietly wrong output. The
+training state (optimizer moments, RNG states) is optional and only used to resume training.
+
+Saving is atomic: files are named by their content (`weights-<sha>.safetensors`) and written
+first, then `config.json` is replaced in one rename, the commit; files it no longer names are
+removed afterwards. A save killed at any point leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +28,10 @@ from emsr.errors import CheckpointError
 from emsr.network import EMSR, ModelConfig
 
 FORMAT = "emsr-checkpoint"
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 2
 CONFIG = "config.json"
-TRAINING_STATE = "training_state.safetensors"
+WEIGHTS = "weights"
+TRAINING_STATE = "training_state"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 
@@ -55,11 +60,35 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, write: callable) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary sibling and rename, so a crash never leaves half a file."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(temporary)
     os.replace(temporary, path)
+
+
+def _save_content_named(directory: Path, role: str, tensors: dict[str, torch.Tensor]) -> str:
+    """Write `tensors` as `<role>-<sha256 prefix>.safetensors`; return the file's name.
+
+    A name that depends on the content never overwrites a file the current config names
+    (unless the content is identical), which is what makes the config's rename the commit.
+    """
+    temporary = directory / f".{role}.tmp-{os.getpid()}"
+    save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(temporary))
+    name = f"{role}-{file_sha256(temporary)[:16]}.safetensors"
+    os.replace(temporary, directory / name)
+    return name
+
+
+def _remove_unreferenced(directory: Path, config: dict) -> None:
+    """Delete tensor files and temporaries of earlier saves that `config` no longer names."""
+    kept = {config[WEIGHTS], config.get(TRAINING_STATE)}
+    for role in (WEIGHTS, TRAINING_STATE):
+        for path in directory.glob(f"{role}-*.safetensors"):
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
+        for path in directory.glob(f".{role}.tmp-*"):
+            path.unlink(missing_ok=True)
 
 
 def save_checkpoint(
@@ -72,21 +101,12 @@ def save_checkpoint(
     metadata: dict | None = None,
     training_state: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """Save weights (and optionally the training state); returns the weights' sha256.
-
-    The config is written last: a directory whose config is missing or names another hash
-    is never mistaken for a complete checkpoint.
-    """
+    """Save weights (and optionally the training state) atomically; returns the weights'
+    sha256."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {
-        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
-    }
-    _write_atomically(directory / WEIGHTS, lambda path: save_file(weights, str(path)))
-    if training_state is not None:
-        state = {name: tensor.cpu().contiguous() for name, tensor in training_state.items()}
-        _write_atomically(directory / TRAINING_STATE, lambda path: save_file(state, str(path)))
-    sha256 = file_sha256(directory / WEIGHTS)
+    weights = _save_content_named(directory, WEIGHTS, model.state_dict())
+    sha256 = file_sha256(directory / weights)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -95,11 +115,15 @@ def save_checkpoint(
         "model": model.config.to_dict(),
         "normalization": normalization,
         "step": step,
+        WEIGHTS: weights,
         "sha256": sha256,
         **({"metadata": metadata} if metadata else {}),
     }
+    if training_state is not None:
+        config[TRAINING_STATE] = _save_content_named(directory, TRAINING_STATE, training_state)
     text = json.dumps(config, indent=2) + "\n"
-    _write_atomically(directory / CONFIG, lambda path: path.write_text(text))
+    write_atomically(directory / CONFIG, lambda path: path.write_text(text))
+    _remove_unreferenced(directory, config)
     return sha256
 
 
@@ -107,12 +131,11 @@ def _read_config(directory: Path) -> dict:
     if directory.is_file() and directory.suffix in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{directory} is a pickled file; EMSR checkpoints are a directory with "
-            f"{WEIGHTS} and {CONFIG}, and pickles are never loaded"
+            f"{CONFIG} and safetensors files, and pickles are never loaded"
         )
-    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+    if not (directory / CONFIG).is_file():
         raise CheckpointError(
-            f"no checkpoint at {directory}: expected {WEIGHTS} and {CONFIG} "
-            "(train one with `emsr train`)"
+            f"no checkpoint at {directory}: expected {CONFIG} (train one with `emsr train`)"
         )
     try:
         config = json.loads((directory / CONFIG).read_text())
@@ -131,6 +154,38 @@ def _read_config(directory: Path) -> dict:
     return config
 
 
+def _named_file(directory: Path, config: dict, role: str) -> Path:
+    """The file `config` names for `role`, refusing names that leave the directory."""
+    name = config.get(role)
+    if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+        raise CheckpointError(
+            f"{directory / CONFIG} names no valid {role} file ({name!r}); re-copy or retrain"
+        )
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} named in {CONFIG} is missing: the checkpoint is incomplete; re-copy it"
+        )
+    return path
+
+
+def weights_path(directory: str | Path) -> Path:
+    """The weights file of the checkpoint in `directory`."""
+    directory = Path(directory)
+    return _named_file(directory, _read_config(directory), WEIGHTS)
+
+
+def training_state_path(directory: str | Path) -> Path:
+    """The training-state file of the checkpoint in `directory` (for `--resume`)."""
+    directory = Path(directory)
+    config = _read_config(directory)
+    if TRAINING_STATE not in config:
+        raise CheckpointError(
+            f"cannot resume: {directory} holds no training state (was it saved by training?)"
+        )
+    return _named_file(directory, config, TRAINING_STATE)
+
+
 def _model_config(directory: Path, config: dict) -> ModelConfig:
     try:
         return ModelConfig(**config["model"])
@@ -140,13 +195,11 @@ def _model_config(directory: Path, config: dict) -> ModelConfig:
         ) from None
 
 
-def _load_weights(directory: Path, model: EMSR) -> None:
+def _load_weights(path: Path, model: EMSR) -> None:
     try:
-        weights = load_file(str(directory / WEIGHTS))
+        weights = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{directory / WEIGHTS} is corrupt ({error}); re-copy or retrain"
-        ) from None
+        raise CheckpointError(f"{path} is corrupt ({error}); re-copy or retrain") from None
     expected = model.state_dict()
     missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
     misshapen = [
@@ -155,7 +208,7 @@ def _load_weights(directory: Path, model: EMSR) -> None:
     if missing or unexpected or misshapen:
         names = sorted(missing | unexpected | set(misshapen))[:3]
         raise CheckpointError(
-            f"{directory / WEIGHTS} does not fit the architecture in {CONFIG} "
+            f"{path} does not fit the architecture in {CONFIG} "
             f"(mismatched tensors such as {', '.join(names)}): it belongs to another model"
         )
     model.load_state_dict(weights)
@@ -165,16 +218,17 @@ def read_checkpoint(directory: str | Path, *, verify: bool = True) -> Checkpoint
     """Load and validate a checkpoint; any problem is one `CheckpointError` line."""
     directory = Path(directory)
     config = _read_config(directory)
+    weights = _named_file(directory, config, WEIGHTS)
     if verify:
-        actual = file_sha256(directory / WEIGHTS)
+        actual = file_sha256(weights)
         if actual != config.get("sha256"):
             raise CheckpointError(
-                f"{directory / WEIGHTS} does not match the sha256 in {CONFIG} "
+                f"{weights} does not match the sha256 in {CONFIG} "
                 f"({actual[:12]}… ≠ {str(config.get('sha256'))[:12]}…): the file was changed "
                 "or truncated; re-copy it or retrain"
             )
     model = EMSR(_model_config(directory, config))
-    _load_weights(directory, model)
+    _load_weights(weights, model)
     return Checkpoint(
         model=model.eval(),
         sha256=config["sha256"],
@@ -192,9 +246,7 @@ def load_checkpoint(directory: str | Path) -> EMSR:
 
 
 def load_training_state(directory: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(directory) / TRAINING_STATE
-    if not path.is_file():
-        raise CheckpointError(f"cannot resume: {path} is missing (was training ever saved there?)")
+    path = training_state_path(directory)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:

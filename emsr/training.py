@@ -21,6 +21,7 @@ from emsr.checkpoint import (
     load_training_state,
     read_checkpoint,
     save_checkpoint,
+    write_atomically,
 )
 from emsr.data import PairedVolumes, PatchSampler
 from emsr.errors import CheckpointError, DataError
@@ -136,6 +137,9 @@ class Trainer:
         return state
 
     def save(self) -> Path:
+        """History first, then the checkpoint: a kill between the two leaves a history ahead
+        of the checkpoint, which `restore` trims back to it."""
+        _write_history(self.out_dir, self.history)
         metadata = {
             "train_config": asdict(self.config),
             "rng_numpy": self.rng.bit_generator.state,
@@ -152,7 +156,6 @@ class Trainer:
             metadata=metadata,
             training_state=self.training_state(),
         )
-        (self.out_dir / HISTORY).write_text(json.dumps(self.history, indent=1) + "\n")
         return self.out_dir
 
     def restore(self) -> None:
@@ -185,7 +188,14 @@ class Trainer:
         self.rng.bit_generator.state = checkpoint.metadata["rng_numpy"]
         self.step = checkpoint.step
         history_path = self.out_dir / HISTORY
-        self.history = json.loads(history_path.read_text()) if history_path.exists() else []
+        history = json.loads(history_path.read_text()) if history_path.exists() else []
+        self.history = [record for record in history if record["step"] <= self.step]
+
+
+def _write_history(directory: Path, history: list[dict]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(history, indent=1) + "\n"
+    write_atomically(directory / HISTORY, lambda path: path.write_text(text))
 
 
 def train(

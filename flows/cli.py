@@ -134,7 +134,13 @@ def train(
     halve_every: Annotated[
         int, typer.Option(help="halve the learning rate every N steps")
     ] = 50_000,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="save a resumable checkpoint every N steps")
+    ] = 100,
+    validate_every: Annotated[int, typer.Option(help="validation PSNR every N steps")] = 100,
     noisier_branch: Annotated[bool, typer.Option(help="noise-robust weight sharing")] = True,
+    edge_attention: Annotated[bool, typer.Option(help="edge-attention gates (ablation)")] = True,
+    self_attention: Annotated[bool, typer.Option(help="window self-attention (ablation)")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="continue the checkpoint in --out")] = False,
@@ -147,7 +153,9 @@ def train(
         lr_url=lr, hr_url=hr, pairs=str(pairs) if pairs else None, out=str(out),
         preset=preset, scale=scale, loss=loss, steps=steps,
         batch_size=batch_size, patch=patch, learning_rate=learning_rate, halve_every=halve_every,
-        noisier_branch=noisier_branch, device=device, seed=seed, resume=resume,
+        checkpoint_every=checkpoint_every, validate_every=validate_every,
+        noisier_branch=noisier_branch, edge_attention=edge_attention,
+        self_attention=self_attention, device=device, seed=seed, resume=resume,
     )  # fmt: skip
     result = run_flow(train_flow, params)
     psnr = result["validation_psnr_db"]

@@ -64,6 +64,8 @@ class TrainParams(BaseModel):
     patch: int = Field(48, ge=8, description="LR patch size, pixels")
     learning_rate: float = Field(1e-4, gt=0)
     halve_every: int = Field(50_000, ge=1, description="halve the learning rate every N steps")
+    checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every N")
+    validate_every: int = Field(100, ge=1, description="validation PSNR every N steps")
     noisier_branch: bool = True
     edge_attention: bool = True
     self_attention: bool = True

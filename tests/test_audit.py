@@ -53,6 +53,7 @@ def hr_audit(urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
 
 def strict_json(path: Path) -> dict:
     """Parse as strict JSON: NaN and Infinity, which Python's json writes by default, fail."""
+
     def refuse(constant: str) -> None:
         raise ValueError(f"{path} holds {constant}, which is not JSON")
 
@@ -63,21 +64,24 @@ def test_global_psnr_and_ssim_match_metrics_of_the_whole_volume(phantom, hr_audi
     metrics = strict_json(hr_audit.metrics_path)
     assert metrics["block"] == [1, 64, 64]  # the default: a quarter of the shorter side
     assert len(metrics["blocks"]) == 6 * 2 * 3
-    assert metrics["psnr"] == pytest.approx(psnr(phantom.hr, phantom.hr_clean, UINT8_RANGE),
-                                            rel=1e-12)
+    assert metrics["psnr"] == pytest.approx(
+        psnr(phantom.hr, phantom.hr_clean, UINT8_RANGE), rel=1e-12
+    )
     # Each block's SSIM leaves out its own 3 px border, so the block mean differs from the
     # whole-section SSIM by that border's share (here 5e-4); exactness of the weighted mean
     # itself is checked below.
-    assert metrics["ssim"] == pytest.approx(ssim(phantom.hr, phantom.hr_clean, UINT8_RANGE),
-                                            abs=2e-3)
+    assert metrics["ssim"] == pytest.approx(
+        ssim(phantom.hr, phantom.hr_clean, UINT8_RANGE), abs=2e-3
+    )
     assert metrics["data_range"] == UINT8_RANGE
     assert metrics["voxel_size_nm"] == list(phantom.hr_voxel_nm)
 
 
 def test_global_psnr_pools_squared_errors_over_blocks(phantom, urls, tmp_path) -> None:
     """With uneven blocks, global PSNR is still that of all voxels, not a mean of blocks."""
-    request = AuditRequest(sr_url=urls["hr"], reference_url=urls["hr_clean"],
-                           out_dir=tmp_path, block=(4, 48, 64))
+    request = AuditRequest(
+        sr_url=urls["hr"], reference_url=urls["hr_clean"], out_dir=tmp_path, block=(4, 48, 64)
+    )
     metrics = audit(request).metrics
     blocks = metrics["blocks"]
     whole = psnr(phantom.hr, phantom.hr_clean, UINT8_RANGE)
@@ -88,26 +92,28 @@ def test_global_psnr_pools_squared_errors_over_blocks(phantom, urls, tmp_path) -
     for block in blocks[::5]:
         box = Box.parse(block["box"]).slices()
         assert block["psnr"] == pytest.approx(
-            psnr(phantom.hr[box], phantom.hr_clean[box], UINT8_RANGE), rel=1e-12)
+            psnr(phantom.hr[box], phantom.hr_clean[box], UINT8_RANGE), rel=1e-12
+        )
         assert block["ssim"] == pytest.approx(
-            ssim(phantom.hr[box], phantom.hr_clean[box], UINT8_RANGE), abs=1e-12)
+            ssim(phantom.hr[box], phantom.hr_clean[box], UINT8_RANGE), abs=1e-12
+        )
     sizes = [Box.parse(b["box"]).size for b in blocks]
     assert sum(sizes) == phantom.hr.size
-    assert metrics["ssim"] == pytest.approx(np.average([b["ssim"] for b in blocks],
-                                                       weights=sizes), abs=1e-12)
+    assert metrics["ssim"] == pytest.approx(
+        np.average([b["ssim"] for b in blocks], weights=sizes), abs=1e-12
+    )
 
 
 def test_thin_edge_strips_join_their_neighbour_block(phantom, urls, tmp_path) -> None:
     """160 = 2 × 78 + 4: a 4 px strip is too thin for SSIM's 7 px window, so it is merged."""
-    request = AuditRequest(sr_url=urls["hr"], reference_url=urls["hr_clean"],
-                           out_dir=tmp_path, block=(6, 128, 78))
+    request = AuditRequest(
+        sr_url=urls["hr"], reference_url=urls["hr_clean"], out_dir=tmp_path, block=(6, 128, 78)
+    )
     boxes = [b["box"] for b in audit(request).metrics["blocks"]]
     assert boxes == ["0:6,0:128,0:78", "0:6,0:128,78:160"]
 
 
-def predicted_frc_resolution_px(
-    tissue: np.ndarray, psf_sigma_px: float, noise_std: float
-) -> float:
+def predicted_frc_resolution_px(tissue: np.ndarray, psf_sigma_px: float, noise_std: float) -> float:
     """Where the expected FRC of two scans `tissue ⊛ PSF + noise` falls below 1/7, in px.
 
     Per frequency ring, the expected correlation of two scans with independent white noise is
@@ -183,8 +189,9 @@ def test_an_audit_without_anything_to_compare_is_refused(urls, tmp_path) -> None
 
 
 def test_blocks_too_small_for_ssim_are_refused(urls, tmp_path) -> None:
-    request = AuditRequest(sr_url=urls["hr"], reference_url=urls["hr_clean"],
-                           out_dir=tmp_path, block=(1, 64, 6))
+    request = AuditRequest(
+        sr_url=urls["hr"], reference_url=urls["hr_clean"], out_dir=tmp_path, block=(1, 64, 6)
+    )
     with pytest.raises(PlanError, match="at least 7"):
         audit(request)
 
@@ -216,16 +223,25 @@ def test_without_reference_psnr_is_null_and_frc_uses_the_second_sr(urls, tmp_pat
     assert metrics["psnr"] is None and metrics["ssim"] is None and metrics["blocks"] == []
     assert list(metrics["frc"]) == ["sr_vs_sr2"]
     assert metrics["frc_resolution_nm"] == metrics["frc"]["sr_vs_sr2"]["resolution_nm"]
-    assert metrics["inputs"] == {"sr": urls["hr"], "reference": None, "reference2": None,
-                                 "sr2": urls["hr2"]}
+    assert metrics["inputs"] == {
+        "sr": urls["hr"],
+        "reference": None,
+        "reference2": None,
+        "sr2": urls["hr2"],
+    }
     assert progress == [(0, 1), (1, 1)]
     assert result.heatmap_path.is_file() and result.frc_path.is_file()
 
 
 def test_progress_counts_every_block_once(urls, tmp_path) -> None:
     progress: list[tuple[int, int]] = []
-    request = AuditRequest(sr_url=urls["hr"], reference_url=urls["hr_clean"],
-                           reference2_url=urls["hr2"], out_dir=tmp_path, block=(3, 64, 80))
+    request = AuditRequest(
+        sr_url=urls["hr"],
+        reference_url=urls["hr_clean"],
+        reference2_url=urls["hr2"],
+        out_dir=tmp_path,
+        block=(3, 64, 80),
+    )
     audit(request, on_progress=lambda done, total: progress.append((done, total)))
     # 2 × 2 × 2 blocks, then FRC of SR vs reference 2 and of reference vs reference 2
     assert progress == [(done, 10) for done in range(11)]
@@ -241,17 +257,25 @@ def test_each_stored_chunk_is_read_once_however_small_the_blocks(urls, tmp_path,
         return original(volume, box)
 
     monkeypatch.setattr(Volume, "read_async", recording)
-    result = audit(AuditRequest(sr_url=urls["hr"], reference_url=urls["hr_clean"],
-                                out_dir=tmp_path, block=(1, 64, 80)))
+    result = audit(
+        AuditRequest(
+            sr_url=urls["hr"], reference_url=urls["hr_clean"], out_dir=tmp_path, block=(1, 64, 80)
+        )
+    )
     assert len(result.metrics["blocks"]) == 6 * 2 * 2
     sections = [f"{z}:{z + 1},0:128,0:160" for z in range(6)]
-    assert sorted(reads) == sorted((url, box) for url in (urls["hr"], urls["hr_clean"])
-                                   for box in sections)
+    assert sorted(reads) == sorted(
+        (url, box) for url in (urls["hr"], urls["hr_clean"]) for box in sections
+    )
 
 
 def test_flow_returns_global_metrics_and_fails_cleanly(prefect_api, urls, tmp_path) -> None:
-    params = AuditParams(sr_url=urls["hr"], reference_url=urls["hr_clean"],
-                         reference2_url=urls["hr2"], out=str(tmp_path / "audit"))
+    params = AuditParams(
+        sr_url=urls["hr"],
+        reference_url=urls["hr_clean"],
+        reference2_url=urls["hr2"],
+        out=str(tmp_path / "audit"),
+    )
     result = audit_metrics_flow(params)
     written = strict_json(Path(result["metrics_json"]))
     assert result["psnr"] == written["psnr"] and result["ssim"] == written["ssim"]

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
-from emsr.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from emsr.checkpoint import (
+    CONFIG,
+    file_sha256,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    training_state_path,
+    weights_path,
+)
 from emsr.errors import CheckpointError
 from emsr.network import build_model
 
@@ -33,20 +43,20 @@ def test_round_trip_restores_weights_in_eval_mode(saved):
 
 def test_changed_weights_fail_the_hash_check(saved):
     directory, _ = saved
-    data = bytearray((directory / "model.safetensors").read_bytes())
+    weights = weights_path(directory)
+    data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
-    (directory / "model.safetensors").write_bytes(bytes(data))
+    weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match the sha256"):
         read_checkpoint(directory)
 
 
 def test_truncated_weights_are_reported_corrupt(saved):
     directory, _ = saved
-    (directory / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    weights = weights_path(directory)
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     config = json.loads((directory / "config.json").read_text())
-    from emsr.checkpoint import file_sha256
-
-    config["sha256"] = file_sha256(directory / "model.safetensors")
+    config["sha256"] = file_sha256(weights)
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"corrupt|another model"):
         read_checkpoint(directory)
@@ -56,7 +66,7 @@ def test_weights_of_another_architecture_are_refused(saved, tmp_path_factory):
     directory, _ = saved
     other = tmp_path_factory.mktemp("other")
     save_checkpoint(other, build_model("paper", 3), preset="paper", step=0, normalization={})
-    (directory / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    weights_path(directory).write_bytes(weights_path(other).read_bytes())
     config = json.loads((directory / "config.json").read_text())
     config["sha256"] = json.loads((other / "config.json").read_text())["sha256"]
     (directory / "config.json").write_text(json.dumps(config))
@@ -85,3 +95,34 @@ def test_pickles_are_refused_without_being_loaded(tmp_path):
 def test_missing_directory_says_how_to_make_one(tmp_path):
     with pytest.raises(CheckpointError, match="emsr train"):
         read_checkpoint(tmp_path / "nothing")
+
+
+def test_a_save_that_dies_before_its_commit_leaves_the_previous_checkpoint(saved, monkeypatch):
+    directory, model = saved
+    before = read_checkpoint(directory)
+    real_replace = os.replace
+
+    def die_at_commit(source, destination):
+        if Path(destination).name == CONFIG:
+            raise KeyboardInterrupt("killed")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", die_at_commit)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(directory, model, preset="small", step=8, normalization={})
+    after = read_checkpoint(directory)
+    assert (after.step, after.sha256) == (before.step, before.sha256)
+
+
+def test_a_committed_save_removes_the_files_it_replaced(saved):
+    directory, model = saved
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    state = {"moment": torch.ones(3)}
+    save_checkpoint(directory, model, preset="small", step=8, normalization={},
+                    training_state=state)  # fmt: skip
+    names = sorted(path.name for path in directory.iterdir())
+    assert names == sorted([CONFIG, weights_path(directory).name,
+                            training_state_path(directory).name])  # fmt: skip

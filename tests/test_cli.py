@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +56,7 @@ def volumes(phantom, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tampered_checkpoint(checkpoint_dir, tmp_path_factory) -> str:
     copy = tmp_path_factory.mktemp("tampered")
-    for name in ("model.safetensors", "config.json"):
-        (copy / name).write_bytes((checkpoint_dir / name).read_bytes())
+    shutil.copytree(checkpoint_dir, copy, dirs_exist_ok=True)
     config = json.loads((copy / "config.json").read_text())
     config["sha256"] = "0" * 64
     (copy / "config.json").write_text(json.dumps(config))
@@ -152,3 +152,13 @@ def test_every_command_has_help():
             [EMSR, command, "--help"], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_train_options_reach_the_training_configuration():
+    from flows.params import TrainParams
+    from flows.train import train_config
+
+    params = TrainParams(lr_url="lr.zarr", hr_url="hr.zarr", out="ckpt", checkpoint_every=7,
+                         validate_every=3, edge_attention=False)  # fmt: skip
+    config = train_config(params)
+    assert (config.checkpoint_every, config.validate_every, config.edge_attention) == (7, 3, False)

@@ -304,8 +304,8 @@ def straight_history(inputs, tmp_path_factory) -> list[dict]:
 
 
 def train_command(inputs: Inputs, out: Path, *extra: str) -> list[str]:
-    """The training loop in its own process, via tests/faults.py: `emsr train` cannot set the
-    checkpoint interval (it saves every 100 steps), and the test needs several checkpoints."""
+    """The training loop of `emsr train` in its own process, via tests/faults.py, which prints
+    each finished step (so a kill lands at a known step) and can kill itself mid-save."""
     return [sys.executable, FAULTS_SCRIPT, inputs.lr, inputs.hr, str(out),
             "--config", json.dumps(TRAIN), *extra]  # fmt: skip
 
@@ -328,20 +328,9 @@ def kill_training(inputs: Inputs, out: Path, crash: str | None) -> subprocess.Po
     return run
 
 
-CHECKPOINT_SAVE_NOT_ATOMIC = pytest.mark.xfail(
-    strict=True,
-    reason="known bug: weights, training state, config and history.json of a checkpoint are "
-    "replaced one by one, so a kill inside a save breaks --resume (see RELIABILITY.md)",
-)
-
-
 @pytest.mark.parametrize(
     "crash",
-    [
-        None,
-        pytest.param("before", marks=CHECKPOINT_SAVE_NOT_ATOMIC),
-        pytest.param("after", marks=CHECKPOINT_SAVE_NOT_ATOMIC),
-    ],
+    [None, "before", "after"],
     ids=["between-checkpoints", "before-checkpoint-commit", "after-checkpoint-commit"],
 )
 def test_training_killed_mid_way_resumes_to_the_same_losses(

@@ -116,9 +116,7 @@ def test_make_phantom_is_fast() -> None:
     "shape, scale",
     [((4, 100, 96), 3), ((4, 96, 101), 2), ((4, 96, 96), 0), ((96, 96), 2), ((4, 8, 8), 2)],
 )
-def test_bad_shape_or_scale_raises_one_line_data_error(
-    shape: tuple[int, ...], scale: int
-) -> None:
+def test_bad_shape_or_scale_raises_one_line_data_error(shape: tuple[int, ...], scale: int) -> None:
     with pytest.raises(DataError) as error:
         PhantomSpec(shape=shape, scale=scale)
     assert "\n" not in str(error.value)

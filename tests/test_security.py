@@ -101,9 +101,10 @@ def pickled_checkpoint(checkpoint_dir, marker, tmp_path) -> Path:
     """A checkpoint whose weights file is a pickle, with a config that vouches for its hash."""
     directory = tmp_path / "evil"
     directory.mkdir()
-    (directory / WEIGHTS).write_bytes(pickle.dumps(Payload(marker)))
     config = json.loads((checkpoint_dir / CONFIG).read_text())
-    config["sha256"] = file_sha256(directory / WEIGHTS)
+    weights = directory / config[WEIGHTS]
+    weights.write_bytes(pickle.dumps(Payload(marker)))
+    config["sha256"] = file_sha256(weights)
     (directory / CONFIG).write_text(json.dumps(config))
     return directory
 
@@ -125,7 +126,10 @@ def test_pickled_weights_under_the_safetensors_name_are_refused_unrun(pickled_ch
 def test_pickled_training_state_is_refused_unrun(checkpoint_dir, marker, tmp_path):
     directory = tmp_path / "resume"
     shutil.copytree(checkpoint_dir, directory)
-    (directory / TRAINING_STATE).write_bytes(pickle.dumps(Payload(marker)))
+    config = json.loads((directory / CONFIG).read_text())
+    config[TRAINING_STATE] = "training_state-0123456789abcdef.safetensors"
+    (directory / config[TRAINING_STATE]).write_bytes(pickle.dumps(Payload(marker)))
+    (directory / CONFIG).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="is corrupt"):
         load_training_state(directory)
     assert not marker.exists()

@@ -133,7 +133,7 @@ def test_http_credentials_become_a_header_and_never_reach_errors(tmp_path, serve
 
 
 def test_scrub_keeps_tensorstores_reason_but_not_its_spec_dump():
-    message = "NOT_FOUND: gone [tensorstore_spec='{\"headers\":[\"Authorization: Basic eA==\"]}']"
+    message = 'NOT_FOUND: gone [tensorstore_spec=\'{"headers":["Authorization: Basic eA=="]}\']'
     assert scrub(message) == "NOT_FOUND: gone"
     assert scrub("denied for key AKIA\nmore", ("AKIA",)) == "denied for key ***"
 
@@ -141,8 +141,9 @@ def test_scrub_keeps_tensorstores_reason_but_not_its_spec_dump():
 def test_zarr3_round_trip_is_ome_zarr_that_zarr_python_reads(tmp_path):
     data = ramp((3, 40, 50))
     url = str(tmp_path / "hr.zarr")
-    written = create_volume(url, data.shape, "uint8", (50.0, 7.5, 7.5), (1, 16, 32),
-                            attributes={"checkpoint": "abc"})
+    written = create_volume(
+        url, data.shape, "uint8", (50.0, 7.5, 7.5), (1, 16, 32), attributes={"checkpoint": "abc"}
+    )
     written.write(EVERYTHING, data)
     group = zarr.open_group(url, mode="r")
     np.testing.assert_array_equal(group["0"][...], data)
@@ -154,15 +155,17 @@ def test_zarr3_round_trip_is_ome_zarr_that_zarr_python_reads(tmp_path):
     assert reopened.info.voxel_size_nm == (50.0, 7.5, 7.5) and reopened.info.voxel_size_known
     assert (reopened.info.chunk, reopened.info.read_chunk) == ((1, 16, 32), (1, 16, 32))
     assert reopened.read_attributes() == {"checkpoint": "abc"}
-    np.testing.assert_array_equal(reopened.read((slice(1, 3), slice(5, 20), slice(0, 50))),
-                                  data[1:3, 5:20])
+    np.testing.assert_array_equal(
+        reopened.read((slice(1, 3), slice(5, 20), slice(0, 50))), data[1:3, 5:20]
+    )
 
 
 def test_sharded_zarr3_writes_shards_and_reads_inner_chunks(tmp_path):
     data = ramp((4, 64, 64), "uint16")
     url = f"zarr3://{tmp_path}/sharded.zarr"
-    volume = create_volume(url, data.shape, "uint16", (40.0, 8.0, 8.0), (1, 16, 16),
-                           shard=(2, 32, 64))
+    volume = create_volume(
+        url, data.shape, "uint16", (40.0, 8.0, 8.0), (1, 16, 16), shard=(2, 32, 64)
+    )
     assert (volume.info.chunk, volume.info.read_chunk) == ((2, 32, 64), (1, 16, 16))
     for z in (0, 2):
         volume.write((slice(z, z + 2), slice(0, 32), slice(0, 64)), data[z : z + 2, :32])
@@ -175,9 +178,15 @@ def test_sharded_zarr3_writes_shards_and_reads_inner_chunks(tmp_path):
 @pytest.mark.parametrize("shard", [None, (2, 64, 128)])
 def test_precomputed_round_trip_reads_back_in_cloudvolume(tmp_path, shard):
     data = ramp((5, 100, 140))
-    volume = create_volume(f"precomputed://file://{tmp_path}/em", data.shape, "uint8",
-                           (50.0, 15.0, 15.0), (1, 32, 64), shard=shard,
-                           attributes={"input": "x"})
+    volume = create_volume(
+        f"precomputed://file://{tmp_path}/em",
+        data.shape,
+        "uint8",
+        (50.0, 15.0, 15.0),
+        (1, 32, 64),
+        shard=shard,
+        attributes={"input": "x"},
+    )
     assert volume.info.chunk == (shard or (1, 32, 64))
     volume.write(EVERYTHING, data)
     cloud, read_back = read_with_cloudvolume(tmp_path / "em")
@@ -190,14 +199,23 @@ def test_precomputed_round_trip_reads_back_in_cloudvolume(tmp_path, shard):
 
 @pytest.mark.parametrize(
     ("shape", "chunk", "shard"),
-    [((5, 300, 200), (1, 64, 64), (2, 128, 256)), ((40, 512, 512), (1, 64, 64), (8, 512, 512)),
-     ((3, 1000, 1000), (1, 128, 128), (1, 256, 256)), ((2, 64, 64), (1, 64, 64), (8, 64, 64))],
+    [
+        ((5, 300, 200), (1, 64, 64), (2, 128, 256)),
+        ((40, 512, 512), (1, 64, 64), (8, 512, 512)),
+        ((3, 1000, 1000), (1, 128, 128), (1, 256, 256)),
+        ((2, 64, 64), (1, 64, 64), (8, 64, 64)),
+    ],
 )
 def test_precomputed_shard_is_the_write_unit_tensorstore_reports(tmp_path, shape, chunk, shard):
-    volume = create_volume(f"precomputed://{tmp_path}/em", shape, "uint8", (30.0, 4.0, 4.0), chunk,
-                           shard=shard)
-    reported = ts.open({"driver": "neuroglancer_precomputed",
-                        "kvstore": {"driver": "file", "path": f"{tmp_path}/em/"}}).result()
+    volume = create_volume(
+        f"precomputed://{tmp_path}/em", shape, "uint8", (30.0, 4.0, 4.0), chunk, shard=shard
+    )
+    reported = ts.open(
+        {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": {"driver": "file", "path": f"{tmp_path}/em/"},
+        }
+    ).result()
     assert volume.info.chunk == tuple(reported.chunk_layout.write_chunk.shape[2::-1])
     clipped = zip(volume.info.chunk, shard, shape, strict=True)
     assert all(c == s or s > c >= n for c, s, n in clipped)
@@ -205,8 +223,14 @@ def test_precomputed_shard_is_the_write_unit_tensorstore_reports(tmp_path, shape
 
 def test_precomputed_shard_that_is_not_a_box_of_chunks_names_one_that_is(tmp_path):
     with pytest.raises(VolumeError, match=r"Morton-aligned .* use e\.g\. shard \(1, 128, 128\)"):
-        create_volume(f"precomputed://{tmp_path}/em", (40, 512, 512), "uint8", (30.0, 4.0, 4.0),
-                      (1, 64, 64), shard=(4, 64, 64))
+        create_volume(
+            f"precomputed://{tmp_path}/em",
+            (40, 512, 512),
+            "uint8",
+            (30.0, 4.0, 4.0),
+            (1, 64, 64),
+            shard=(4, 64, 64),
+        )
     assert not (tmp_path / "em").exists()
 
 
@@ -222,8 +246,13 @@ def test_uint16_and_float32_round_trip_exactly(tmp_path, fmt, dtype):
 def test_precomputed_voxel_offset_is_reported_and_reads_stay_zero_based(tmp_path):
     data = ramp((4, 64, 96))
     info = CloudVolume.create_new_info(
-        num_channels=1, layer_type="image", data_type="uint8", encoding="raw",
-        resolution=[8, 8, 40], voxel_offset=[100, 200, 7], chunk_size=[32, 32, 1],
+        num_channels=1,
+        layer_type="image",
+        data_type="uint8",
+        encoding="raw",
+        resolution=[8, 8, 40],
+        voxel_offset=[100, 200, 7],
+        chunk_size=[32, 32, 1],
         volume_size=[96, 64, 4],
     )
     cloud = CloudVolume(f"file://{tmp_path}/em", info=info, compress=False, progress=False)
@@ -232,8 +261,9 @@ def test_precomputed_voxel_offset_is_reported_and_reads_stay_zero_based(tmp_path
     volume = open_volume(f"precomputed://{tmp_path}/em")
     assert volume.info.offset == (7, 200, 100) and volume.info.shape == (4, 64, 96)
     assert volume.info.voxel_size_nm == (40.0, 8.0, 8.0)
-    np.testing.assert_array_equal(volume.read((slice(1, 3), slice(0, 32), slice(32, 96))),
-                                  data[1:3, 0:32, 32:96])
+    np.testing.assert_array_equal(
+        volume.read((slice(1, 3), slice(0, 32), slice(32, 96))), data[1:3, 0:32, 32:96]
+    )
 
 
 def test_zarr2_group_with_ome_04_micrometres_gives_nanometres(tmp_path):
@@ -264,8 +294,9 @@ def test_volume_of_wrong_rank_is_refused_naming_the_rank(tmp_path, shape):
 
 
 def test_precomputed_with_two_channels_is_refused(tmp_path):
-    info = CloudVolume.create_new_info(2, "image", "uint8", "raw", [8, 8, 40], [0, 0, 0],
-                                       [16, 16, 2], chunk_size=[16, 16, 1])
+    info = CloudVolume.create_new_info(
+        2, "image", "uint8", "raw", [8, 8, 40], [0, 0, 0], [16, 16, 2], chunk_size=[16, 16, 1]
+    )
     CloudVolume(f"file://{tmp_path}/em", info=info).commit_info()
     with pytest.raises(VolumeError, match="2 channels"):
         open_volume(f"precomputed://{tmp_path}/em")
@@ -296,8 +327,9 @@ def test_existing_output_with_other_metadata_is_refused_and_matching_one_reopene
         create_volume(url, (2, 16, 16), "uint16", (50.0, 2.0, 2.0), (1, 16, 16))
     again = create_volume(url, (2, 16, 16), "uint8", (50.0, 4.0, 4.0), (1, 16, 16))
     np.testing.assert_array_equal(again.read(EVERYTHING), first.read(EVERYTHING))
-    replaced = create_volume(url, (3, 16, 16), "uint8", (50.0, 4.0, 4.0), (1, 16, 16),
-                             overwrite=True)
+    replaced = create_volume(
+        url, (3, 16, 16), "uint8", (50.0, 4.0, 4.0), (1, 16, 16), overwrite=True
+    )
     assert replaced.info.shape == (3, 16, 16) and not replaced.read(EVERYTHING).any()
 
 
@@ -306,15 +338,15 @@ def test_unwritable_output_is_refused_in_one_line_and_nothing_written(tmp_path, 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with pytest.raises(VolumeError, match=r"cannot create .*writable") as error:
-        create_volume(f"{prefix}{blocker}/out.zarr", (2, 8, 8), "uint8", (1.0, 1.0, 1.0),
-                      (1, 8, 8))
+        create_volume(f"{prefix}{blocker}/out.zarr", (2, 8, 8), "uint8", (1.0, 1.0, 1.0), (1, 8, 8))
     assert "\n" not in str(error.value)
     assert blocker.read_text() == "not a directory" and list(tmp_path.iterdir()) == [blocker]
 
 
 def test_write_that_cuts_a_chunk_is_refused_but_edge_chunks_may_be_partial(tmp_path):
-    volume = create_volume(str(tmp_path / "v.zarr"), (2, 40, 40), "uint8", (1.0, 1.0, 1.0),
-                           (1, 16, 16))
+    volume = create_volume(
+        str(tmp_path / "v.zarr"), (2, 40, 40), "uint8", (1.0, 1.0, 1.0), (1, 16, 16)
+    )
     with pytest.raises(VolumeError, match=r"cuts its write chunks \(1, 16, 16\) along y"):
         volume.write((slice(0, 1), slice(8, 24), slice(0, 16)), np.ones((1, 16, 16), np.uint8))
     volume.write((slice(0, 1), slice(32, 40), slice(32, 40)), np.ones((1, 8, 8), np.uint8))
@@ -328,10 +360,15 @@ def test_box_outside_the_volume_is_refused(tmp_path):
 
 
 def test_async_io_returns_futures_that_overlap(tmp_path):
-    volume = create_volume(str(tmp_path / "v.zarr"), (4, 16, 16), "uint8", (1.0, 1.0, 1.0),
-                           (1, 16, 16))
-    writes = [volume.write_async((slice(z, z + 1), slice(0, 16), slice(0, 16)),
-                                 np.full((1, 16, 16), z, np.uint8)) for z in range(4)]
+    volume = create_volume(
+        str(tmp_path / "v.zarr"), (4, 16, 16), "uint8", (1.0, 1.0, 1.0), (1, 16, 16)
+    )
+    writes = [
+        volume.write_async(
+            (slice(z, z + 1), slice(0, 16), slice(0, 16)), np.full((1, 16, 16), z, np.uint8)
+        )
+        for z in range(4)
+    ]
     for pending in writes:
         pending.commit.result()
     reads = [volume.read_async((slice(z, z + 1), slice(None), slice(None))) for z in range(4)]
@@ -339,10 +376,18 @@ def test_async_io_returns_futures_that_overlap(tmp_path):
 
 
 def test_attributes_merge_and_survive_pickling_to_a_worker(tmp_path):
-    volume = create_volume(f"precomputed://{tmp_path}/em", (2, 8, 8), "uint8", (1.0, 1.0, 1.0),
-                           (1, 8, 8), attributes={"input": "a"})
+    volume = create_volume(
+        f"precomputed://{tmp_path}/em",
+        (2, 8, 8),
+        "uint8",
+        (1.0, 1.0, 1.0),
+        (1, 8, 8),
+        attributes={"input": "a"},
+    )
     assert volume.update_attributes({"checkpoint_sha256": "f00"}) == {
-        "input": "a", "checkpoint_sha256": "f00"}
+        "input": "a",
+        "checkpoint_sha256": "f00",
+    }
     worker_copy = pickle.loads(pickle.dumps(volume))
     worker_copy.write(EVERYTHING, np.full((2, 8, 8), 9, np.uint8))
     assert worker_copy.read_attributes()["checkpoint_sha256"] == "f00"
@@ -350,8 +395,9 @@ def test_attributes_merge_and_survive_pickling_to_a_worker(tmp_path):
 
 
 def test_cloudvolume_gzip_chunk_files_are_refused_not_read_as_zeros(tmp_path):
-    info = CloudVolume.create_new_info(1, "image", "uint8", "raw", [8, 8, 40], [0, 0, 0],
-                                       [32, 32, 2], chunk_size=[32, 32, 1])
+    info = CloudVolume.create_new_info(
+        1, "image", "uint8", "raw", [8, 8, 40], [0, 0, 0], [32, 32, 2], chunk_size=[32, 32, 1]
+    )
     cloud = CloudVolume(f"file://{tmp_path}/em", info=info, progress=False)
     cloud.commit_info()
     cloud[:, :, :] = np.ones((32, 32, 2, 1), np.uint8)
