@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
+from flows.params import VolumeURL
 from flows.progress import ProgressReport
 from flows.states import fail_on_user_error
 from pipeline.audit import FRC_SECTIONS, PSNR_IDENTICAL_DB, AuditRequest, AuditResult, audit
@@ -19,11 +20,13 @@ TABLE_ROWS = 500  # the UI table lists this many blocks, the worst first
 class AuditParams(BaseModel):
     """Measure a super-resolved volume; every volume must share SR's shape and voxel size."""
 
-    sr_url: str = Field(description="SR volume: zarr3://, zarr://, precomputed:// or a .zarr path")
+    sr_url: VolumeURL = Field(
+        description="SR volume: zarr3://, zarr://, precomputed:// or a .zarr path"
+    )
     out: str = Field(description="folder for metrics.json, quality_heatmap.png and frc.png")
-    reference_url: str | None = Field(None, description="HR scan of the field (PSNR, SSIM)")
-    reference2_url: str | None = Field(None, description="a second HR scan (FRC)")
-    sr2_url: str | None = Field(None, description="SR of a second LR scan (FRC)")
+    reference_url: VolumeURL | None = Field(None, description="HR scan of the field (PSNR, SSIM)")
+    reference2_url: VolumeURL | None = Field(None, description="a second HR scan (FRC)")
+    sr2_url: VolumeURL | None = Field(None, description="SR of a second LR scan (FRC)")
     block: Triple | None = Field(None, description="audit block (z, y, x)")
     frc_sections: int = Field(FRC_SECTIONS, ge=1, description="sections the FRC averages")
 

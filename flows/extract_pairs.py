@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from flows.params import VolumeURL
 from flows.progress import ProgressReport
 from flows.states import fail_on_user_error
 from pipeline.pairs import (
@@ -25,9 +26,11 @@ from pipeline.pairs import (
 class ExtractPairsParams(BaseModel):
     """Make a training-pair store: acquired LR + HR, synthetic LR from HR, or LR + denoised HR."""
 
-    hr_url: str = Field(description="HR volume: zarr3://, zarr://, precomputed:// or a .zarr path")
+    hr_url: VolumeURL = Field(
+        description="HR volume: zarr3://, zarr://, precomputed:// or a .zarr path"
+    )
     out: str = Field(description="store directory to write (lr.zarr, hr.zarr, manifest.json)")
-    lr_url: str | None = Field(None, description="acquired LR volume of the same field")
+    lr_url: VolumeURL | None = Field(None, description="acquired LR volume of the same field")
     mode: Literal["real", "synthetic", "denoised"] | None = Field(
         None, description="default: real with an LR volume (unless fit_noise), else synthetic"
     )

@@ -6,24 +6,28 @@ Sizes are (z, y, x) lists of voxels; volume URLs are Neuroglancer source strings
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PlainSerializer, model_validator
 
 from pipeline.geometry import Box
 from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, SuperResolveRequest
+from pipeline.urls import redact
 
 Triple = tuple[int, int, int]
+VolumeURL = Annotated[str, PlainSerializer(redact, return_type=str, when_used="json")]
+"""A volume URL whose credentials stay out of JSON: Prefect stores flow-run parameters (in
+its database, shown in its UI) as JSON, so only the in-process value keeps them."""
 
 
 class SuperResolveParams(BaseModel):
     """Super-resolve INPUT into OUTPUT with a trained checkpoint."""
 
-    input_url: str = Field(
+    input_url: VolumeURL = Field(
         description="LR volume: zarr3://, zarr://, precomputed:// or a .zarr path"
     )
-    output_url: str = Field(description="SR volume to create or continue (same URL forms)")
-    checkpoint: str = Field(description="checkpoint directory (model.safetensors + config.json)")
+    output_url: VolumeURL = Field(description="SR volume to create or continue (same URL forms)")
+    checkpoint: str = Field(description="checkpoint directory (config.json + safetensors)")
     block: Triple | None = Field(None, description="output voxels per block (z, y, x)")
     chunk: Triple | None = Field(None, description="output storage chunk (z, y, x)")
     shard: Triple | None = Field(None, description="output shard (z, y, x), a multiple of chunk")
@@ -52,8 +56,8 @@ class SuperResolveParams(BaseModel):
 class TrainParams(BaseModel):
     """Train EMSR on a pair of aligned LR/HR volumes (both may be noisy)."""
 
-    lr_url: str | None = Field(None, description="LR volume (or give `pairs`)")
-    hr_url: str | None = Field(None, description="HR volume of the same field, scale× larger")
+    lr_url: VolumeURL | None = Field(None, description="LR volume (or give `pairs`)")
+    hr_url: VolumeURL | None = Field(None, description="HR volume of the same field, scale× larger")
     pairs: str | None = Field(None, description="training-pair store from extract-pairs")
     out: str = Field(description="checkpoint directory to write")
     preset: Literal["small", "paper"] = "small"

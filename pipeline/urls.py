@@ -196,6 +196,11 @@ def _kvstore_spec(location: str, url: str) -> tuple[dict, tuple[str, ...]]:
         spec = {"driver": "http", "base_url": f"{scheme}://{host}", "path": "/" + _directory(path)}
         if not userinfo:
             return spec, ()
+        if "***" in userinfo:
+            raise VolumeError(
+                f"{redact(url)} carries redacted credentials (stored parameters never keep "
+                "them): run `emsr` with the full URL, or serve the volume without credentials"
+            )
         plain = unquote(userinfo)
         token = base64.b64encode(plain.encode()).decode()
         secrets = (userinfo, plain, userinfo.partition(":")[2], plain.partition(":")[2], token)

@@ -245,11 +245,6 @@ def test_secret_never_reaches_prefect_artifacts_or_logs(credentialed_run):
     assert_no_secret(credentialed_run.logs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Prefect stores flow-run parameters as given: a credential inside a URL parameter "
-    "lands in its database and UI; flows/ must keep it out of the parameters",
-)
 def test_secret_never_reaches_the_flow_run_parameters_prefect_stores(credentialed_run):
     assert_no_secret(json.dumps(credentialed_run.parameters))
 
@@ -277,6 +272,11 @@ def test_read_only_credentialed_output_is_refused_without_its_auth_header(served
     with pytest.raises(VolumeError, match=r"cannot create http://\*\*\*@") as refusal:
         write_array(with_credentials(served_lr, "new.zarr"), phantom.lr, phantom.lr_voxel_nm)
     assert_no_secret(str(refusal.value))
+
+
+def test_redacted_credentials_from_stored_parameters_are_refused():
+    with pytest.raises(VolumeError, match=r"carries redacted credentials"):
+        open_volume(redact(with_credentials("127.0.0.1:9", "lr.zarr")))
 
 
 def test_s3_url_with_credentials_is_refused_without_showing_them():
