@@ -114,8 +114,10 @@ class RSSSampler:
         return [round(int(q.max()) / MiB, 1) for q in quarters if q.size]
 
 
-def dispatch(client: Client, blocks: int, workdir: Path, name: str, window: int | None) -> float:
-    """Dispatch `blocks` no-op blocks with a fresh ledger; returns the dispatcher's seconds."""
+def dispatch(
+    client: Client, blocks: int, workdir: Path, name: str, window: int | None
+) -> tuple[float, int]:
+    """Dispatch `blocks` no-op blocks with a fresh ledger; the dispatcher's seconds and window."""
     plan = grid_plan(blocks)
     output_url = str(workdir / f"{name}.zarr")
     key = configuration_hash({"bench": "dispatch_scaling", "run": name})
@@ -126,7 +128,7 @@ def dispatch(client: Client, blocks: int, workdir: Path, name: str, window: int 
     report = dispatcher.run(ledger.pending(range(blocks)), blocks, 0)
     if report.failures or ledger.done_count != blocks:
         raise RuntimeError(f"dispatch lost blocks: {report.failures or ledger.done_count}")
-    return report.seconds
+    return report.seconds, dispatcher.window
 
 
 def noop_task(index: int) -> int:
@@ -186,15 +188,15 @@ def main() -> None:
         with connect("local", args.workers) as client:
             baseline = psutil.Process().memory_info().rss
             with RSSSampler() as rss:
-                seconds = dispatch(client, blocks, workdir, "timed", args.window)
+                seconds, window = dispatch(client, blocks, workdir, "timed", args.window)
             tracemalloc.start()
-            traced_seconds = dispatch(client, traced_blocks, workdir, "traced", args.window)
+            traced_seconds, _ = dispatch(client, traced_blocks, workdir, "traced", args.window)
             _, traced_peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             floor = dask_floor(client, min(blocks, 5000))
         row = {
             "bench": "dispatch_scaling", "blocks": blocks, "workers": args.workers,
-            "threads_per_worker": 1, "window": args.window or 2 * args.workers,
+            "threads_per_worker": 1, "window": window,
             "seconds": round(seconds, 2), "ms_per_block": round(1e3 * seconds / blocks, 3),
             "dask_floor_ms_per_task": round(1e3 * floor, 3),
             "client_rss_before_mib": round(baseline / MiB, 1),

@@ -42,6 +42,10 @@ _PIPE_FORMATS = MappingProxyType(
     }
 )
 DATA_ROOT_ENV = "EMSR_DATA_ROOT"
+REQUEST_RETRIES = MappingProxyType({"max_retries": 5, "initial_delay": "0.5s", "max_delay": "8s"})
+"""Remote reads retry for ~15 s, not tensorstore's default of 32 attempts (~15 min): a host
+that is down fails the run's checks promptly, and a block that meets a longer outage is
+retried whole by the dispatcher."""
 _METADATA_KEYS = MappingProxyType(
     {"zarr3": ("zarr.json",), "zarr": (".zarray", ".zgroup"), "precomputed": ("info",)}
 )
@@ -181,7 +185,7 @@ def _kvstore_spec(location: str, url: str) -> tuple[dict, tuple[str, ...]]:
         return {"driver": "file", "path": _directory(path)}, ()
     if scheme == "gs":
         bucket, _, path = rest.partition("/")
-        return {"driver": "gcs", "bucket": bucket, "path": _directory(path)}, ()
+        return _retrying("gcs", {"bucket": bucket, "path": _directory(path)}), ()
     userinfo, _, address = rest.rpartition("@")
     if scheme == "s3":
         if userinfo:
@@ -190,10 +194,10 @@ def _kvstore_spec(location: str, url: str) -> tuple[dict, tuple[str, ...]]:
                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE and drop them from the URL"
             )
         bucket, _, path = rest.partition("/")
-        return {"driver": "s3", "bucket": bucket, "path": _directory(path)}, ()
+        return _retrying("s3", {"bucket": bucket, "path": _directory(path)}), ()
     if scheme in ("http", "https"):
         host, _, path = address.partition("/")
-        spec = {"driver": "http", "base_url": f"{scheme}://{host}", "path": "/" + _directory(path)}
+        spec = _retrying("http", {"base_url": f"{scheme}://{host}", "path": "/" + _directory(path)})
         if not userinfo:
             return spec, ()
         if "***" in userinfo:
@@ -207,6 +211,15 @@ def _kvstore_spec(location: str, url: str) -> tuple[dict, tuple[str, ...]]:
         spec["headers"] = [f"Authorization: Basic {token}"]
         return spec, tuple(secret for secret in secrets if secret)
     raise _unknown(url)
+
+
+def _retrying(driver: str, spec: dict) -> dict:
+    retries = {
+        "gcs": "gcs_request_retries",
+        "s3": "s3_request_retries",
+        "http": "http_request_retries",
+    }
+    return {"driver": driver, **spec, "context": {retries[driver]: dict(REQUEST_RETRIES)}}
 
 
 def _directory(path: str) -> str:
