@@ -25,12 +25,19 @@ app = typer.Typer(
 USER_ERROR_EXIT = 2
 
 Triple = Annotated[str | None, typer.Option(metavar="Z,Y,X")]
+QUIET_DASK_LOGGING = {
+    "distributed": "warning",
+    "distributed.worker": "critical",
+    "distributed.worker.memory": "warning",
+}
 
 
 def fail(message: str) -> None:
+    from rich.markup import escape
+
     from flows.progress import console
 
-    console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(USER_ERROR_EXIT)
 
 
@@ -66,7 +73,9 @@ def main(
         os.environ[DEBUG_ENV] = "1"
     else:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        # Local workers share this terminal; a block's failure reaches the user as our own
+        # one line (with the block named), so the workers' tracebacks stay for --debug.
+        os.environ.setdefault("DASK_LOGGING", repr(QUIET_DASK_LOGGING))
 
 
 def one_line(error: Exception) -> str:

@@ -109,8 +109,10 @@ class Dispatcher:
 
     def _fail_or_retry(self, index: int, error: BaseException, queue: as_completed) -> str | None:
         """Resubmit a transient failure; return the reason when the block has failed for good."""
-        if isinstance(error, EMSRError) or self.attempts[index] > self.retries:
-            return f"{type(error).__name__}: {error}"
+        if isinstance(error, EMSRError):  # the input or settings must change, not luck
+            return f"failed: {type(error).__name__}: {error}"
+        if self.attempts[index] > self.retries:
+            return f"failed after {self.attempts[index]} attempts: {type(error).__name__}: {error}"
         queue.update(self._submit([index]))
         return None
 
@@ -165,6 +167,6 @@ def raise_for_failures(report: RunReport, plan: BlockPlan) -> None:
     if report.failures:
         index, reason = next(iter(report.failures.items()))
         raise BlockFailedError(
-            f"block {index} (output box {plan.block_box(index)}) failed after "
-            f"retries: {reason}; finished blocks are recorded, rerun to continue"
+            f"block {index} (output box {plan.block_box(index)}) {reason}; "
+            "finished blocks are recorded, rerun to continue"
         )

@@ -162,3 +162,14 @@ def test_train_options_reach_the_training_configuration():
                          validate_every=3, edge_attention=False)  # fmt: skip
     config = train_config(params)
     assert (config.checkpoint_every, config.validate_every, config.edge_attention) == (7, 3, False)
+
+
+@pytest.mark.parametrize("message", ["no volume at /data/[red]x.zarr", "bad [/] close tag"])
+def test_error_line_shows_brackets_as_written(message, capsys):
+    import typer
+
+    from flows.cli import fail
+
+    with pytest.raises(typer.Exit):
+        fail(message)
+    assert capsys.readouterr().err == f"error: {message}\n"

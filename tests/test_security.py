@@ -292,7 +292,7 @@ def test_failing_block_of_a_credentialed_input_hides_the_secret(
     output = str(tmp_path / "sr.zarr")
     arguments = [source, output, "--checkpoint", str(checkpoint_dir), "--workers", "1", *SMALL]
     result = emsr("super-resolve", *arguments, env=env)
-    assert result.returncode == 2 and "failed after retries" in result.stderr
+    assert result.returncode == 2 and "failed after 3 attempts" in result.stderr
     assert_no_secret(result.stdout + result.stderr)
 
 
