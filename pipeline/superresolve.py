@@ -7,7 +7,7 @@ Every check that can fail on bad input runs before anything is written (DESIGN i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from pipeline.geometry import Box, Triple
 from pipeline.ledger import DoneLedger, configuration_hash
 from pipeline.plan import BlockPlan
 from pipeline.tiles import TileLattice
-from pipeline.urls import confine, parse_volume_url, redact
+from pipeline.urls import absolute_url, confine, parse_volume_url, redact
 from pipeline.volumes import Volume, create_volume, open_volume
 
 DEFAULT_TILE = 512
@@ -149,6 +149,10 @@ def create_output(
 
 def prepare(request: SuperResolveRequest) -> PreparedRun:
     """Validate the request, then create (or reopen) the output with its provenance."""
+    request = replace(
+        request, input_url=absolute_url(request.input_url),
+        output_url=absolute_url(request.output_url),
+    )  # fmt: skip
     check_cluster(request.cluster, request.workers, request.threads_per_worker)
     confine(request.checkpoint)
     checkpoint = read_checkpoint(request.checkpoint)

@@ -113,16 +113,27 @@ def reported(action: str, url: str, source: VolumeSource, hint: str = "") -> Ite
         raise VolumeError(f"cannot {action} {redact(url)}: {reason}{hint}") from None
 
 
-def parse_volume_url(url: str) -> VolumeSource:
-    """Split a volume URL into format and kvstore; unknown forms fail with the accepted ones."""
+def _split(url: str) -> tuple[str, str, str]:
+    """A volume URL's format prefix (`zarr3`…), its location and its pipe adapter (`zarr3:`…);
+    the parts the URL lacks are empty."""
     text = url.strip()
     location, pipe, adapter = text.partition("|")
-    prefix, sep, rest = text.partition("://")
     if pipe:
+        return "", location, adapter
+    prefix, sep, rest = text.partition("://")
+    if sep and prefix in _PREFIX_FORMATS:
+        return prefix, rest, ""
+    return "", text, ""
+
+
+def parse_volume_url(url: str) -> VolumeSource:
+    """Split a volume URL into format and kvstore; unknown forms fail with the accepted ones."""
+    prefix, location, adapter = _split(url)
+    if adapter:
         fmt, detect = _PIPE_FORMATS.get(adapter), adapter == "zarr:"
-    elif sep and prefix in _PREFIX_FORMATS:
-        fmt, detect, location = _PREFIX_FORMATS[prefix], prefix == "zarr", rest
-    elif text.rstrip("/").endswith(".zarr"):
+    elif prefix:
+        fmt, detect = _PREFIX_FORMATS[prefix], prefix == "zarr"
+    elif location.rstrip("/").endswith(".zarr"):
         fmt, detect = "zarr3", True
     else:
         fmt, detect = None, False
@@ -130,6 +141,21 @@ def parse_volume_url(url: str) -> VolumeSource:
         raise _unknown(url)
     kvstore, secrets = _kvstore_spec(location, url)
     return VolumeSource(fmt, kvstore, detect, secrets)
+
+
+def absolute_url(url: str) -> str:
+    """`url` with a local path made absolute, in the form the user wrote; other URLs as they
+    are. Workers (whatever their working directory) and the done ledger's configuration key
+    then name the same volume as the command did."""
+    prefix, location, adapter = _split(url)
+    scheme, sep, path = location.partition("://")
+    if sep and scheme != "file":
+        return url.strip()
+    absolute = os.path.abspath(os.path.expanduser(path if sep else location))
+    return "".join(
+        (f"{prefix}://" if prefix else "", "file://" if sep else "", absolute,
+         f"|{adapter}" if adapter else "")
+    )  # fmt: skip
 
 
 def confine(path: str | os.PathLike[str]) -> str:

@@ -93,6 +93,22 @@ def test_output_of_another_configuration_is_refused(
     assert replaced.shape == (6, 128, 160)
 
 
+def test_one_relative_input_path_in_two_directories_is_two_configurations(
+    phantom, lr_url, checkpoint_dir, cluster_address, tmp_path, monkeypatch
+):
+    """The same words, `lr.zarr`, name different volumes from different directories: the
+    second run must not take the first one's blocks as its own."""
+    output = tmp_path / "sr.zarr"
+    for name, volume in (("a", phantom.lr), ("b", 255 - phantom.lr)):
+        (tmp_path / name).mkdir()
+        write_array(str(tmp_path / name / "lr.zarr"), volume, phantom.lr_voxel_nm)
+    monkeypatch.chdir(tmp_path / "a")
+    run("lr.zarr", output, checkpoint_dir, cluster_address)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(LedgerError, match="another configuration"):
+        run("lr.zarr", output, checkpoint_dir, cluster_address)
+
+
 def test_roi_writes_nothing_outside_it(lr_url, checkpoint_dir, cluster_address, tmp_path):
     full = run(lr_url, tmp_path / "full.zarr", checkpoint_dir, cluster_address)
     roi = Box((1, 10, 20), (4, 70, 100))
