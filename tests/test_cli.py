@@ -6,8 +6,10 @@ no traceback, and leave nothing where it should not be.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
+import resource
 import shutil
 import subprocess
 import sys
@@ -17,13 +19,27 @@ import numpy as np
 import pytest
 import zarr
 
+from emsr.checkpoint import CONFIG, file_sha256, save_checkpoint, weights_path
+from emsr.network import build_model
+from pipeline.ledger import LEDGER_DIR
 from pipeline.volumes import write_array
 
 EMSR = str(Path(sys.executable).with_name("emsr"))
 
 
-def emsr(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([EMSR, *arguments], capture_output=True, text=True, env=env, timeout=300)
+def emsr(
+    *arguments: str, env: dict[str, str], file_size_limit: int | None = None
+) -> subprocess.CompletedProcess:
+    """Run the command; `file_size_limit` (bytes, RLIMIT_FSIZE, inherited by its local Dask
+    workers) makes every larger write fail as on a full disk."""
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run(
+        [EMSR, *arguments], capture_output=True, text=True, env=env, timeout=300,
+        preexec_fn=limit_file_size if file_size_limit else None,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +63,44 @@ def volumes(phantom, tmp_path_factory) -> dict[str, str]:
     nan = phantom.lr.astype(np.float32) / 255
     nan[1, 10, 10] = np.nan
     write_array(str(root / "nan.zarr"), nan, phantom.lr_voxel_nm)
+    four = zarr.create_array(
+        str(root / "4d.zarr"), shape=(1, 2, 64, 80), dtype="uint8", chunks=(1, 1, 32, 32)
+    )
+    four[:] = 1
+    write_array(str(root / "existing.zarr"), np.zeros((3, 50, 50), np.uint8), (1.0, 1.0, 1.0))
     (root / "model.pt").write_bytes(pickle.dumps({"weights": 1}))
     (root / "a_file").write_text("not a directory")
-    names = {"flat": "flat.zarr", "int32": "int32.zarr", "nan": "nan.zarr", "pickle": "model.pt"}
-    return {key: str(root / name) for key, name in {**names, "a_file": "a_file"}.items()}
+    names = {"flat": "flat.zarr", "int32": "int32.zarr", "nan": "nan.zarr", "pickle": "model.pt",
+             "4d": "4d.zarr", "existing": "existing.zarr", "a_file": "a_file"}  # fmt: skip
+    return {key: str(root / name) for key, name in names.items()}
+
+
+def tree_digest(root: Path) -> str:
+    """One hash of every file's path and bytes under `root`."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def foreign_checkpoints(checkpoint_dir, tmp_path_factory) -> dict[str, str]:
+    """A checkpoint whose weights are truncated (hash updated to match, so only loading can
+    tell) and one whose weights belong to another architecture."""
+    root = tmp_path_factory.mktemp("foreign")
+    corrupt, other = root / "corrupt", root / "other"
+    shutil.copytree(checkpoint_dir, corrupt)
+    weights = weights_path(corrupt)
+    weights.write_bytes(weights.read_bytes()[:1000])
+    config = json.loads((corrupt / CONFIG).read_text())
+    config["sha256"] = file_sha256(weights)
+    (corrupt / CONFIG).write_text(json.dumps(config))
+    save_checkpoint(other, build_model("paper", 2), preset="paper", step=0, normalization={})
+    config = json.loads((other / CONFIG).read_text())
+    config["model"] = json.loads((checkpoint_dir / CONFIG).read_text())["model"]
+    (other / CONFIG).write_text(json.dumps(config))
+    return {"corrupt": str(corrupt), "other_architecture": str(other)}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +145,13 @@ BAD_INPUTS = {
         ["{lr}", "{out}", "--checkpoint", "{pickle}"],
         "pickles are never loaded",
     ),
+    "4-D input": (["{4d}", "{out}"], "rank 4"),
+    "corrupt checkpoint": (["{lr}", "{out}", "--checkpoint", "{corrupt}"], "is corrupt"),
+    "checkpoint of another architecture": (
+        ["{lr}", "{out}", "--checkpoint", "{other_architecture}"],
+        "belongs to another model",
+    ),
+    "existing output with other metadata": (["{lr}", "{existing}"], "exists with shape"),
     "output under a file": (["{lr}", "{a_file}/sr.zarr"], "cannot"),
     "bad cluster": (
         ["{lr}", "{out}", "--cluster", "kubernetes"],
@@ -105,20 +162,48 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
 def test_bad_input_is_one_line_and_exit_2(
-    case, env, volumes, lr_url, checkpoint_dir, tampered_checkpoint, tmp_path
+    case,
+    env,
+    volumes,
+    lr_url,
+    checkpoint_dir,
+    tampered_checkpoint,
+    foreign_checkpoints,
+    tmp_path,
 ):
     arguments, expected = BAD_INPUTS[case]
-    names = {**volumes, "lr": lr_url, "out": str(tmp_path / "sr.zarr"), "tmp": str(tmp_path),
-             "tampered": tampered_checkpoint}  # fmt: skip
+    names = {**volumes, **foreign_checkpoints, "lr": lr_url, "out": str(tmp_path / "sr.zarr"),
+             "tmp": str(tmp_path), "tampered": tampered_checkpoint}  # fmt: skip
     filled = [argument.format(**names) for argument in arguments]
     if "--checkpoint" not in filled:
         filled += ["--checkpoint", str(checkpoint_dir)]
+    inputs_before = tree_digest(Path(volumes["flat"]).parent)
     result = emsr("super-resolve", *SMALL, *filled, env=env)
+    assert_one_error_line(result, expected)
+    assert not (tmp_path / "sr.zarr").exists() or case == "NaN in float input"
+    assert tree_digest(Path(volumes["flat"]).parent) == inputs_before
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
     assert lines[-1].startswith("error: ") and expected in lines[-1], result.stderr
     assert "Traceback" not in result.stderr and len([x for x in lines if "error" in x]) == 1
-    assert not (tmp_path / "sr.zarr").exists() or case == "NaN in float input"
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_a_truthful_ledger(
+    env, lr_url, checkpoint_dir, tmp_path
+):
+    """Every write larger than 4 KiB fails (EFBIG, as ENOSPC would): the metadata (< 2 KiB)
+    fits, the section-sized chunks (~9 KiB) do not; no block may be recorded as done."""
+    output = tmp_path / "sr.zarr"
+    arguments = [lr_url, str(output), "--checkpoint", str(checkpoint_dir), "--workers", "1",
+                 "--chunk", "1,128,160", "--block", "2,128,160", "--tile", "32"]  # fmt: skip
+    result = emsr("super-resolve", *arguments, env=env, file_size_limit=4096)
+    assert_one_error_line(result, "File too large")
+    ledger = list((output / LEDGER_DIR).rglob("*"))
+    marks = [p for p in ledger if p.is_file() and p.name != "zarr.json"]
+    assert not marks, marks
 
 
 def test_debug_shows_the_traceback(env, checkpoint_dir, tmp_path):
