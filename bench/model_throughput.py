@@ -4,7 +4,7 @@
 
 On CUDA it runs in bf16 autocast with channels_last (as the pipeline does) and reports the
 share of the GPU's dense bf16 peak that the model's multiply-adds reach. Prints one JSON
-line per preset; bench/RESULTS.md records the numbers with the machine and date.
+line per preset; BENCHMARKS.md records the numbers with the machine and date.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 against the model's own time on exactly the same tiles (DESIGN target: ≤ 1.10×).
 
     python bench/pipeline_efficiency.py [--preset small|paper] [--lr-shape 32,1024,1024]
-        [--layouts 1x2,2x1] [--tile 512] [--batch 4] [--repeats 1] [--quick]
+        [--layouts 1x2,2x1] [--tile 512] [--block Z,Y,X] [--batch 4] [--repeats 1] [--quick]
 
 Input: a phantom LR volume (HR 16×512×512 → LR 16×256×256 at ×2, `emsr.phantom`) mirrored
 to `--lr-shape`, written to zarr; an untrained `--preset` model saved with
@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--lr-shape", type=triple, default=(32, 1024, 1024))
     parser.add_argument("--layouts", default="1x2,2x1", help="WORKERSxTORCH_THREADS, ...")
     parser.add_argument("--tile", type=int, default=None, help="default: DEFAULT_TILE")
+    parser.add_argument("--block", type=triple, default=None, help="output Z,Y,X; default: ours")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1, help="report the best of N runs")
     parser.add_argument("--quick", action="store_true", help="LR 8×256×256, tile 128, 1x2")
@@ -237,6 +238,7 @@ def main() -> None:
             input_url=lr_url, output_url=str(workdir / "scratch.zarr"), checkpoint=checkpoint,
             cluster="local", device="cpu", batch_size=args.batch,
             **({"tile": args.tile} if args.tile else {}),
+            **({"block": args.block} if args.block else {}),
         )  # fmt: skip
         run = prepare(base)
         calls = run_tiles(run)

@@ -28,7 +28,7 @@ from pipeline.volumes import Volume, create_volume, open_volume
 
 DEFAULT_TILE = 512
 """LR tile core (px). With the default halo the model computes (512+32)²/512² ≈ 1.13× the
-pixels it writes; see bench/RESULTS.md for the halo's accuracy and the redundancy."""
+pixels it writes; see BENCHMARKS.md for the halo's accuracy and the redundancy."""
 DEFAULT_HALO = 16
 """LR px of context around every tile; ≥ 78 dB agreement with whole-section inference."""
 DEFAULT_BLOCK_SECTIONS = 16
