@@ -2,7 +2,7 @@
 time, peak memory of the client and of the workers, and how far apart the two outputs are.
 
     python bench/map_overlap.py [--preset small] [--lr-shape 32,1024,1024] [--workers 2]
-        [--torch-threads 1] [--tile 512] [--quick]
+        [--torch-threads 1] [--tile 512] [--block Z,Y,X] [--quick]
 
 Both get the same input, checkpoint, halo, batch size and LocalCluster (inputs made as in
 bench/pipeline_efficiency.py). The map_overlap job: `da.from_zarr` of the LR array in
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--torch-threads", type=int, default=1, help="per worker")
     parser.add_argument("--tile", type=int, default=None, help="default: DEFAULT_TILE")
+    parser.add_argument("--block", type=triple, default=None, help="output Z,Y,X; default: ours")
     parser.add_argument("--chunk-yx", type=int, default=None, help="default: the tile core")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="LR 8×256×256, tile 128")
@@ -164,6 +165,7 @@ def main() -> None:
             input_url=lr_url, output_url=str(workdir / "ours.zarr"), checkpoint=checkpoint,
             cluster="local", workers=args.workers, device="cpu", batch_size=args.batch,
             **({"tile": args.tile} if args.tile else {}),
+            **({"block": args.block} if args.block else {}),
         )  # fmt: skip
         task = prepare(replace(request, output_url=str(workdir / "scratch.zarr"))).task
         core = args.chunk_yx or task.lattice.core[0]

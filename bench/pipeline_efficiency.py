@@ -63,7 +63,7 @@ from emsr.checkpoint import read_checkpoint, save_checkpoint
 from emsr.inference import Predictor
 from emsr.network import build_model
 from emsr.phantom import PhantomSpec, make_phantom
-from pipeline.block import cached_predictor, process_block, slabs, start_lr_read
+from pipeline.block import block_slabs, cached_predictor, process_block, start_lr_read
 from pipeline.superresolve import PreparedRun, SuperResolveRequest, prepare, super_resolve
 from pipeline.tiles import cut_tiles, round_up
 from pipeline.volumes import open_volume, write_array
@@ -109,7 +109,7 @@ def run_tiles(run: PreparedRun) -> list[np.ndarray]:
     calls = []
     for index in run.plan.indices():
         box, chunk_box = run.plan.block_box(index), run.plan.chunk_box(index)
-        for part, _ in slabs(box, chunk_box, run.output.info.chunk[0]):
+        for part, _ in block_slabs(run.task, box, chunk_box, run.output.info.chunk[0]):
             cover = lattice.cover(part.in_plane_footprint(run.task.scale))
             raw = start_lr_read(source, cover, lattice).result()
             calls.append(cut_tiles(intensity.normalize(raw), lattice))

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import torch
 from model_throughput import cpu_name
 
-from pipeline.block import slabs
+from pipeline.block import slab_sections, slabs
 from pipeline.geometry import Box, Triple
 from pipeline.plan import BlockPlan
 from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, default_block, default_chunk
@@ -59,10 +59,10 @@ def plan_redundancy(lr_shape: Triple, scale: int, tile: int, halo: int, batch: i
     for index in plan.indices():
         box = plan.block_box(index)
         needed += box.in_plane_footprint(scale).size
-        for part, _ in slabs(box, plan.chunk_box(index), chunk[0]):
-            footprint = part.in_plane_footprint(scale)
-            rows, columns = lattice.index_range(footprint)
-            tiles = footprint.shape[0] * len(rows) * len(columns)
+        rows, columns = lattice.index_range(box.in_plane_footprint(scale))
+        depth = slab_sections(len(rows) * len(columns), chunk[0], batch)
+        for part, _ in slabs(box, plan.chunk_box(index), depth):
+            tiles = part.shape[0] * len(rows) * len(columns)
             computed += tiles * tile_pixels
             padded += round_up(tiles, batch) * tile_pixels
     return {

@@ -9,6 +9,7 @@ so a block costs only its own I/O and compute.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,21 +90,41 @@ def start_lr_read(source: Volume, cover: Box, lattice: TileLattice) -> PendingRe
     return PendingRead(future, rows - bounds.begin[1], columns - bounds.begin[2])
 
 
-def slabs(box: Box, chunk_box: Box, chunk_sections: int) -> list[tuple[Box, Box]]:
-    """(compute box, write box) for each z-slab of whole write chunks that `box` meets.
+def slab_sections(tiles_per_section: int, chunk_sections: int, batch_size: int) -> int:
+    """Sections per slab: the fewest whole chunks in z whose tiles fill whole batches.
+
+    The predictor pads every call to whole batches (so a tile's result never depends on its
+    batch-mates); one section of a narrow block may hold a single tile, and a batch of 4
+    would then compute 4 tiles to keep 1.
+    """
+    chunks = batch_size // math.gcd(tiles_per_section * chunk_sections, batch_size)
+    return chunk_sections * chunks
+
+
+def slabs(box: Box, chunk_box: Box, sections: int) -> list[tuple[Box, Box]]:
+    """(compute box, write box) for each z-slab of `sections` sections that `box` meets.
 
     Working slab by slab lets the next slab's read and the last slab's write overlap the
-    model's compute. The write box spans whole chunks; the compute box is its part inside
-    `box` (smaller only where an ROI cuts the block).
+    model's compute. `sections` is a whole number of chunks in z, so the write box spans whole
+    chunks; the compute box is its part inside `box` (smaller only where an ROI cuts it).
     """
     steps = []
-    z = chunk_box.begin[0] + (box.begin[0] - chunk_box.begin[0]) // chunk_sections * chunk_sections
+    z = chunk_box.begin[0] + (box.begin[0] - chunk_box.begin[0]) // sections * sections
     while z < box.end[0]:
-        end = min(z + chunk_sections, chunk_box.end[0])
+        end = min(z + sections, chunk_box.end[0])
         write = Box((z, *chunk_box.begin[1:]), (end, *chunk_box.end[1:]))  # type: ignore[arg-type]
         steps.append((write.intersect(box), write))
         z = end
     return steps
+
+
+def block_slabs(
+    task: BlockTask, box: Box, chunk_box: Box, chunk_sections: int
+) -> list[tuple[Box, Box]]:
+    """The slabs `process_block` works through for the HR `box`."""
+    rows, columns = task.lattice.index_range(box.in_plane_footprint(task.scale))
+    depth = slab_sections(len(rows) * len(columns), chunk_sections, task.batch_size)
+    return slabs(box, chunk_box, depth)
 
 
 def super_resolve_region(
@@ -139,7 +160,7 @@ def process_block(task: BlockTask, box: Box, chunk_box: Box) -> BlockOutcome:
     predictor = cached_predictor(
         task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size
     )
-    steps = slabs(box, chunk_box, target.info.chunk[0])
+    steps = block_slabs(task, box, chunk_box, target.info.chunk[0])
     covers = [task.lattice.cover(part.in_plane_footprint(task.scale)) for part, _ in steps]
     pending = start_lr_read(source, covers[0], task.lattice)
     writes = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.block import slab_sections
 from pipeline.errors import PlanError
 from pipeline.geometry import Box, parse_triple
 from pipeline.plan import BlockPlan
@@ -76,3 +77,13 @@ def test_cut_and_stitch_invert_each_other_with_identity_model():
     upscaled = tiles.repeat(2, axis=1).repeat(2, axis=2)
     stitched = stitch_cores(upscaled, lattice, cover.shape, scale=2)
     assert np.array_equal(stitched, region[:, 4:-4, 4:-4].repeat(2, axis=1).repeat(2, axis=2))
+
+
+@pytest.mark.parametrize(
+    ("tiles_per_section", "chunk_sections", "batch", "sections"),
+    [(4, 1, 4, 1), (1, 1, 4, 4), (3, 1, 4, 4), (6, 1, 4, 2), (1, 2, 4, 4), (5, 1, 1, 1)],
+)
+def test_slabs_hold_whole_batches_of_tiles(tiles_per_section, chunk_sections, batch, sections):
+    depth = slab_sections(tiles_per_section, chunk_sections, batch)
+    assert depth == sections
+    assert depth % chunk_sections == 0 and tiles_per_section * depth % batch == 0
