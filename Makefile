@@ -30,4 +30,4 @@ bench: setup
 	$(PY) bench/model_throughput.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output experiments-output .pytest_cache
