@@ -76,8 +76,11 @@ def break_point_plot(rows: list[dict], path: Path) -> bool:
     figure = Figure(figsize=(5, 3.2))
     axes = figure.subplots()
     axes.plot(sigmas, means, "o-", label="noisy reference, ℓ1")
-    clean = [r["psnr_db"] for r in rows if r["name"] == "clean reference, ℓ1"]
-    if clean:
+    seeds = {r["seed"] for r in sweep}
+    clean = [
+        r["psnr_db"] for r in rows if r["name"] == "clean reference, ℓ1" and r["seed"] in seeds
+    ]
+    if clean:  # the same seeds as the sweep, so the gap is the noise's alone
         axes.axhline(np.mean(clean), color="k", linestyle="--", label="clean reference, ℓ1")
     bicubic = [r["psnr_db"] for r in rows if r["name"] == "bicubic"]
     if bicubic:
