@@ -1,40 +1,28 @@
 """Volumes at the storage edge: open, create, read and write (z, y, x) arrays via tensorstore.
 
 The rest of the pipeline sees a `Volume` indexed 0-based in (z, y, x) and its `VolumeInfo`.
-On-disk conventions stay in this file: precomputed's (x, y, z, channel) order and global
-`voxel_offset`, OME-Zarr's group-plus-array layout and its units.
+Each format's on-disk conventions live in its own module: `pipeline.precomputed` (the `info`,
+its (x, y, z, channel) order and global `voxel_offset`, sharding) and `pipeline.omezarr`
+(the group-plus-array layout and its units); `pipeline.volume_spec` checks what to create.
 
 A box is `tuple[slice, slice, slice]` of 0-based (z, y, x) half-open ranges (`None` = edge).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import numpy as np
 import tensorstore as ts
 
+from pipeline import omezarr, precomputed
 from pipeline.errors import VolumeError
+from pipeline.geometry import Triple
 from pipeline.urls import VolumeSource, parse_volume_url, redact, reported
+from pipeline.volume_spec import ALLOWED_DTYPES, VolumeSpec, Voxel
 
 Box = tuple[slice, slice, slice]
-Triple = tuple[int, int, int]
-Voxel = tuple[float, float, float]
 
-ALLOWED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32"))
-_NM_PER_UNIT = MappingProxyType(
-    {
-        None: 1.0,
-        "nanometer": 1.0,
-        "angstrom": 0.1,
-        "picometer": 1e-3,
-        "micrometer": 1e3,
-        "millimeter": 1e6,
-        "meter": 1e9,
-    }
-)
 _UPDATE_ATTEMPTS = 5
 
 
@@ -64,10 +52,11 @@ class _AttributeDoc:
 
     source: VolumeSource
     key: str
-    under_attributes: bool = False
 
     def parent(self, document: dict) -> dict:
-        return document.setdefault("attributes", {}) if self.under_attributes else document
+        if self.key == "zarr.json":
+            return document.setdefault("attributes", {})
+        return document
 
 
 class Volume:
@@ -167,30 +156,30 @@ def create_volume(
     `attributes` (provenance) is stored under `emsr` when the volume is created.
     """
     source = parse_volume_url(url)
-    spec = _NewVolume.checked(shape, dtype, voxel_size_nm, chunk, shard)
+    spec = VolumeSpec.checked(shape, dtype, voxel_size_nm, chunk, shard)
     if source.format == "zarr":
         raise VolumeError(f"cannot create Zarr v2 at {redact(url)}: use zarr3:// or a .zarr path")
     with reported("read", url, source):
         existing = source.stored_format()
     if existing and not overwrite:
-        return _matching(open_volume(url), spec.expected(source.format))
+        return _matching(open_volume(url), spec, source.format)
     with reported("create", url, source, hint=": choose a writable output location"):
         if existing:
             source.delete_everything()
         if source.format == "precomputed":
-            _write_if_absent(source, "info", spec.precomputed_info(attributes or {}))
+            _write_if_absent(source, "info", precomputed.info_document(spec, attributes or {}))
         else:  # the array first: if the location is unwritable, nothing is left behind
             ts.open(
                 {
                     "driver": "zarr3",
-                    "kvstore": source.child("0"),
-                    "metadata": spec.zarr3_metadata(),
+                    "kvstore": source.child(omezarr.ARRAY_PATH),
+                    "metadata": omezarr.zarr3_metadata(spec),
                 },
                 create=True,
                 open=True,  # the same array, created by a run that started with this one
             ).result()
-            _write_if_absent(source, "zarr.json", spec.ome_group(attributes or {}))
-    return _matching(open_volume(url), spec.expected(source.format))
+            _write_if_absent(source, "zarr.json", omezarr.image_group(spec, attributes or {}))
+    return _matching(open_volume(url), spec, source.format)
 
 
 def _write_if_absent(source: VolumeSource, key: str, document: dict) -> None:
@@ -220,159 +209,19 @@ def write_array(
     return volume
 
 
-@dataclass(frozen=True)
-class _NewVolume:
-    """A validated creation request, and the metadata documents that describe it."""
-
-    shape: Triple
-    dtype: np.dtype
-    voxel_size_nm: Voxel
-    chunk: Triple
-    shard: Triple | None
-
-    @classmethod
-    def checked(cls, shape, dtype, voxel_size_nm, chunk, shard) -> _NewVolume:
-        dtype = np.dtype(dtype)
-        if dtype not in ALLOWED_DTYPES:
-            raise VolumeError(f"dtype {dtype} is not supported: use uint8, uint16 or float32")
-        for name, values in (
-            ("shape", shape),
-            ("chunk", chunk),
-            ("shard", shard or chunk),
-            ("voxel size (nm)", voxel_size_nm),
-        ):
-            if len(values) != 3 or min(values) <= 0:
-                raise VolumeError(f"{name} must be 3 positive (z, y, x) numbers, not {values}")
-        if shard and any(s % c for s, c in zip(shard, chunk, strict=True)):
-            raise VolumeError(f"shard {tuple(shard)} must be a multiple of chunk {tuple(chunk)}")
-        return cls(
-            _ints(shape),
-            dtype,
-            tuple(map(float, voxel_size_nm)),
-            _ints(chunk),
-            _ints(shard) if shard else None,
-        )
-
-    def expected(self, fmt: str) -> tuple:
-        """(format, shape, dtype, voxel size, write chunk, read chunk) once created."""
-        write_chunk = self.shard or self.chunk
-        if fmt == "precomputed" and self.shard:
-            write_chunk = _precomputed_sharding(self.shape, self.chunk, self.shard)[1]
-        return fmt, self.shape, self.dtype, self.voxel_size_nm, write_chunk, self.chunk
-
-    def zarr3_metadata(self) -> dict:
-        little_endian = {"name": "bytes", "configuration": {"endian": "little"}}
-        codecs = [
-            little_endian,
-            {
-                "name": "blosc",
-                "configuration": {"cname": "zstd", "clevel": 5, "shuffle": "shuffle"},
-            },
-        ]
-        if self.shard:
-            codecs = [
-                {
-                    "name": "sharding_indexed",
-                    "configuration": {
-                        "chunk_shape": self.chunk,
-                        "codecs": codecs,
-                        "index_codecs": [little_endian, {"name": "crc32c"}],
-                    },
-                }
-            ]
-        grid = {"name": "regular", "configuration": {"chunk_shape": self.shard or self.chunk}}
-        return {
-            "shape": self.shape,
-            "data_type": self.dtype.name,
-            "chunk_grid": grid,
-            "codecs": codecs,
-            "fill_value": 0,
-            "dimension_names": ["z", "y", "x"],
-        }
-
-    def ome_group(self, attributes: dict) -> dict:
-        """An OME-Zarr 0.5 image group whose single scale is the array "0"."""
-        scale = {"type": "scale", "scale": list(self.voxel_size_nm)}
-        multiscale = {
-            "axes": [{"name": name, "type": "space", "unit": "nanometer"} for name in "zyx"],
-            "datasets": [{"path": "0", "coordinateTransformations": [scale]}],
-        }
-        ome = {"version": "0.5", "multiscales": [multiscale]}
-        return {
-            "zarr_format": 3,
-            "node_type": "group",
-            "attributes": {"ome": ome, "emsr": attributes},
-        }
-
-    def precomputed_info(self, attributes: dict) -> dict:
-        resolution = [int(v) if v.is_integer() else v for v in self.voxel_size_nm[::-1]]
-        scale = {
-            "key": "_".join(f"{v:g}" for v in resolution),
-            "resolution": resolution,
-            "size": self.shape[::-1],
-            "voxel_offset": [0, 0, 0],
-            "chunk_sizes": [self.chunk[::-1]],
-            "encoding": "raw",
-        }
-        if self.shard:
-            scale["sharding"] = _precomputed_sharding(self.shape, self.chunk, self.shard)[0]
-        return {
-            "@type": "neuroglancer_multiscale_volume",
-            "type": "image",
-            "num_channels": 1,
-            "data_type": self.dtype.name,
-            "scales": [scale],
-            "emsr": attributes,
-        }
-
-
-def _precomputed_sharding(shape: Triple, chunk: Triple, shard: Triple) -> tuple[dict, Triple]:
-    """The `sharding` spec whose shards are `shard`-sized boxes of chunks, and that box.
-
-    Precomputed numbers chunks by a compressed Morton code (bits interleaved x, y, z, a
-    dimension dropping out once its grid is covered), and a shard holds the chunks that share
-    all but the low `preshift_bits + minishard_bits` bits. So a shard is a box only if those
-    low bits are exactly log2(shard / chunk) bits of each dimension (fewer where the shard
-    spans the whole grid). Half of them pick the minishard, so minishard indices stay small.
-    """
-    xyz = zip(shape[::-1], chunk[::-1], shard[::-1], strict=True)
-    grid_bits, ratios = zip(*[((math.ceil(n / c) - 1).bit_length(), s // c) for n, c, s in xyz])
-    if any(r & (r - 1) for r in ratios):
-        raise VolumeError(f"precomputed shard {shard} must be chunk {chunk} times powers of 2")
-    wanted = [min(r.bit_length() - 1, g) for r, g in zip(ratios, grid_bits, strict=True)]
-    morton = [d for level in range(max(grid_bits)) for d in range(3) if level < grid_bits[d]]
-    low_bits = [morton[: sum(wanted)].count(d) for d in range(3)]
-    if low_bits != wanted:
-        aligned = tuple(c << b for c, b in zip(chunk, low_bits[::-1], strict=True))
-        raise VolumeError(
-            f"precomputed shard {shard} is not a Morton-aligned box of chunks in "
-            f"this volume: use e.g. shard {aligned}"
-        )
-    bits = sum(wanted)
-    sharding = {
-        "@type": "neuroglancer_uint64_sharded_v1",
-        "hash": "identity",
-        "preshift_bits": bits - bits // 2,
-        "minishard_bits": bits // 2,
-        "shard_bits": len(morton) - bits,
-        "minishard_index_encoding": "gzip",
-        "data_encoding": "raw",
-    }
-    return sharding, tuple(c << b for c, b in zip(chunk, wanted[::-1], strict=True))
-
-
 def _open(source: VolumeSource, url: str) -> Volume:
     fmt = source.stored_format()
     if fmt is None:
         raise VolumeError(f"no volume at {redact(url)}: check the path/URL")
     if fmt == "precomputed":
-        scale = source.read_json("info")[0]["scales"][0]
-        _refuse_gzip_files(source, scale, url)
+        scale = precomputed.first_scale(source, url)
         spec = {"driver": "neuroglancer_precomputed", "kvstore": source.kvstore, "scale_index": 0}
         voxel_size, known = tuple(float(v) for v in scale["resolution"][::-1]), True
         doc = _AttributeDoc(source, "info")
     else:
-        spec, voxel_size, known, doc = _zarr_array(source, fmt, url)
+        array = omezarr.zarr_array(source, fmt, url)
+        spec, voxel_size, known = array.spec, array.voxel_size_nm, array.voxel_size_known
+        doc = _AttributeDoc(source, array.attributes_key)
     writable = source.kvstore["driver"] != "http"
     store = ts.open(spec, read=True, write=writable).result()
     if fmt == "precomputed":
@@ -399,78 +248,14 @@ def _open(source: VolumeSource, url: str) -> Volume:
     return Volume(store.translate_to[0], info, doc)
 
 
-def _refuse_gzip_files(source: VolumeSource, scale: dict, url: str) -> None:
-    """CloudVolume writes `<chunk>.gz` files on file:// by default; tensorstore reads zeros."""
-    if source.kvstore["driver"] != "file" or "sharding" in scale:
-        return
-    extents = zip(scale["voxel_offset"], scale["chunk_sizes"][0], scale["size"], strict=True)
-    first_chunk = f"{scale['key']}/" + "_".join(f"{o}-{o + min(c, n)}" for o, c, n in extents)
-    if not source.exists(first_chunk) and source.exists(f"{first_chunk}.gz"):
-        raise VolumeError(
-            f"{redact(url)} holds gzip-compressed chunk files, which tensorstore "
-            "reads as zeros: rewrite it uncompressed (CloudVolume compress=False)"
-        )
-
-
-def _zarr_array(
-    source: VolumeSource, fmt: str, url: str
-) -> tuple[dict, Voxel, bool, _AttributeDoc]:
-    """The array's tensorstore spec, voxel size (and whether it is known), provenance doc.
-
-    A group is read as OME-Zarr and its first dataset is the volume; a bare array has no
-    voxel size of its own.
-    """
-    if fmt == "zarr3":
-        metadata, _ = source.read_json("zarr.json")
-        is_group, attributes = metadata["node_type"] == "group", metadata.get("attributes", {})
-        doc = _AttributeDoc(source, "zarr.json", under_attributes=True)
-    else:
-        is_group = source.read_json(".zgroup")[0] is not None
-        attributes = source.read_json(".zattrs")[0] or {}
-        doc = _AttributeDoc(source, ".zattrs")
-    if not is_group:
-        return {"driver": fmt, "kvstore": source.kvstore}, (1.0, 1.0, 1.0), False, doc
-    multiscales = attributes.get("ome", attributes).get("multiscales")
-    if not multiscales:
-        raise VolumeError(
-            f"{redact(url)} is a Zarr group without OME-Zarr multiscales: give the "
-            "URL of the array inside it"
-        )
-    dataset = multiscales[0]["datasets"][0]
-    voxel_size = _ome_voxel_size(multiscales[0], dataset, url)
-    return {"driver": fmt, "kvstore": source.child(dataset["path"])}, voxel_size, True, doc
-
-
-def _ome_voxel_size(multiscale: dict, dataset: dict, url: str) -> Voxel:
-    """The dataset's (z, y, x) scale in nm: its own and the multiscale-wide scale, times units."""
-    axes = [
-        axis if isinstance(axis, dict) else {"name": axis}  # OME 0.3 names axes by string
-        for axis in multiscale.get("axes") or "zyx"
-    ]
-    scale = np.ones(len(axes))
-    for transform in [
-        *dataset.get("coordinateTransformations", []),
-        *multiscale.get("coordinateTransformations", []),
-    ]:
-        if transform["type"] == "scale":
-            scale = scale * np.asarray(transform["scale"], dtype=float)
-    space = [
-        i
-        for i, axis in enumerate(axes)
-        if axis.get("type", "space" if axis["name"] in ("z", "y", "x") else None) == "space"
-    ]
-    units = [axes[i].get("unit") for i in space]
-    if len(space) != 3 or not all(unit in _NM_PER_UNIT for unit in units):
-        raise VolumeError(
-            f"{redact(url)}: OME-Zarr axes {axes} are not 3 spatial axes in "
-            f"known units ({', '.join(filter(None, _NM_PER_UNIT))})"
-        )
-    return tuple(float(scale[i]) * _NM_PER_UNIT[u] for i, u in zip(space, units, strict=True))
-
-
-def _matching(volume: Volume, expected: tuple) -> Volume:
+def _matching(volume: Volume, spec: VolumeSpec, fmt: str) -> Volume:
     """`volume` if it is what `create_volume` was asked for; else say what differs."""
     info = volume.info
+    if fmt == "precomputed":
+        write_chunk = precomputed.write_chunk(spec)
+    else:
+        write_chunk = spec.shard or spec.chunk
+    expected = (fmt, spec.shape, spec.dtype, spec.voxel_size_nm, write_chunk, spec.chunk)
     names = ("format", "shape", "dtype", "voxel size (nm)", "write chunk", "read chunk")
     found = (info.format, info.shape, info.dtype, info.voxel_size_nm, info.chunk, info.read_chunk)
     differences = [
@@ -484,10 +269,6 @@ def _matching(volume: Volume, expected: tuple) -> Volume:
             "pass --overwrite or choose another output"
         )
     return volume
-
-
-def _ints(values) -> Triple:
-    return tuple(int(v) for v in values)
 
 
 def _show(box: Box) -> str:

@@ -1,0 +1,140 @@
+"""Zarr and OME-Zarr at the storage edge: which array a URL means, its voxel size, and the
+metadata of the OME-Zarr 0.5 image we create (a group holding the single scale "0").
+
+Zarr v3 keeps a group's attributes in `zarr.json` under `attributes`; v2 in `.zattrs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from pipeline.errors import VolumeError
+from pipeline.urls import VolumeSource, redact
+from pipeline.volume_spec import VolumeSpec, Voxel
+
+_NM_PER_UNIT = MappingProxyType(
+    {
+        None: 1.0,
+        "nanometer": 1.0,
+        "angstrom": 0.1,
+        "picometer": 1e-3,
+        "micrometer": 1e3,
+        "millimeter": 1e6,
+        "meter": 1e9,
+    }
+)
+ARRAY_PATH = "0"
+"""The full-resolution array inside the image groups we create."""
+
+
+@dataclass(frozen=True)
+class ZarrArray:
+    """The array a Zarr URL names: its tensorstore spec, its voxel size, and the metadata
+    document whose attributes hold our provenance (`zarr.json` or `.zattrs`)."""
+
+    spec: dict
+    voxel_size_nm: Voxel
+    voxel_size_known: bool
+    attributes_key: str
+
+
+def zarr_array(source: VolumeSource, fmt: str, url: str) -> ZarrArray:
+    """A group is read as OME-Zarr and its first dataset is the volume; a bare array has no
+    voxel size of its own."""
+    if fmt == "zarr3":
+        metadata, _ = source.read_json("zarr.json")
+        is_group, attributes = metadata["node_type"] == "group", metadata.get("attributes", {})
+        key = "zarr.json"
+    else:
+        is_group = source.read_json(".zgroup")[0] is not None
+        attributes = source.read_json(".zattrs")[0] or {}
+        key = ".zattrs"
+    if not is_group:
+        return ZarrArray({"driver": fmt, "kvstore": source.kvstore}, (1.0, 1.0, 1.0), False, key)
+    multiscales = attributes.get("ome", attributes).get("multiscales")
+    if not multiscales:
+        raise VolumeError(
+            f"{redact(url)} is a Zarr group without OME-Zarr multiscales: give the "
+            "URL of the array inside it"
+        )
+    dataset = multiscales[0]["datasets"][0]
+    voxel_size = _ome_voxel_size(multiscales[0], dataset, url)
+    spec = {"driver": fmt, "kvstore": source.child(dataset["path"])}
+    return ZarrArray(spec, voxel_size, True, key)
+
+
+def _ome_voxel_size(multiscale: dict, dataset: dict, url: str) -> Voxel:
+    """The dataset's (z, y, x) scale in nm: its own and the multiscale-wide scale, times units."""
+    axes = [
+        axis if isinstance(axis, dict) else {"name": axis}  # OME 0.3 names axes by string
+        for axis in multiscale.get("axes") or "zyx"
+    ]
+    scale = np.ones(len(axes))
+    for transform in [
+        *dataset.get("coordinateTransformations", []),
+        *multiscale.get("coordinateTransformations", []),
+    ]:
+        if transform["type"] == "scale":
+            scale = scale * np.asarray(transform["scale"], dtype=float)
+    space = [
+        i
+        for i, axis in enumerate(axes)
+        if axis.get("type", "space" if axis["name"] in ("z", "y", "x") else None) == "space"
+    ]
+    units = [axes[i].get("unit") for i in space]
+    if len(space) != 3 or not all(unit in _NM_PER_UNIT for unit in units):
+        raise VolumeError(
+            f"{redact(url)}: OME-Zarr axes {axes} are not 3 spatial axes in "
+            f"known units ({', '.join(filter(None, _NM_PER_UNIT))})"
+        )
+    return tuple(float(scale[i]) * _NM_PER_UNIT[u] for i, u in zip(space, units, strict=True))
+
+
+def zarr3_metadata(spec: VolumeSpec) -> dict:
+    """The `zarr.json` of the array: blosc-zstd chunks, inside shards when asked."""
+    little_endian = {"name": "bytes", "configuration": {"endian": "little"}}
+    codecs: list[dict] = [
+        little_endian,
+        {
+            "name": "blosc",
+            "configuration": {"cname": "zstd", "clevel": 5, "shuffle": "shuffle"},
+        },
+    ]
+    if spec.shard:
+        codecs = [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": spec.chunk,
+                    "codecs": codecs,
+                    "index_codecs": [little_endian, {"name": "crc32c"}],
+                },
+            }
+        ]
+    grid = {"name": "regular", "configuration": {"chunk_shape": spec.shard or spec.chunk}}
+    return {
+        "shape": spec.shape,
+        "data_type": spec.dtype.name,
+        "chunk_grid": grid,
+        "codecs": codecs,
+        "fill_value": 0,
+        "dimension_names": ["z", "y", "x"],
+    }
+
+
+def image_group(spec: VolumeSpec, attributes: dict) -> dict:
+    """An OME-Zarr 0.5 image group whose single scale is the array `ARRAY_PATH`."""
+    scale = {"type": "scale", "scale": list(spec.voxel_size_nm)}
+    multiscale = {
+        "axes": [{"name": name, "type": "space", "unit": "nanometer"} for name in "zyx"],
+        "datasets": [{"path": ARRAY_PATH, "coordinateTransformations": [scale]}],
+    }
+    ome = {"version": "0.5", "multiscales": [multiscale]}
+    return {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"ome": ome, "emsr": attributes},
+    }
