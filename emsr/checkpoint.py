@@ -241,7 +241,9 @@ def read_checkpoint(directory: str | Path, *, verify: bool = True) -> Checkpoint
 
 
 def load_checkpoint(directory: str | Path) -> EMSR:
-    """The checkpoint's model, in eval mode."""
+    """The trained model in a checkpoint directory, in eval mode, its weights checked against
+    the sha256 in `config.json` (`read_checkpoint` also gives the preset, step and
+    normalisation); any problem is one `CheckpointError` line."""
     return read_checkpoint(directory).model
 
 
