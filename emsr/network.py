@@ -91,17 +91,45 @@ class EdgeGate(nn.Module):
 
 
 def to_windows(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(N, C, H, W) → (N·H/w·W/w, w·w, C): one token sequence per non-overlapping window."""
+    """(N, C, H, W) → (N·H/w·W/w, w·w, C): one token sequence per non-overlapping window.
+
+    Works through the (N, H, W, C) view, which is free for channels_last input."""
     n, c, h, w = x.shape
-    x = x.view(n, c, h // window, window, w // window, window)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(-1, window * window, c)
+    x = x.permute(0, 2, 3, 1).reshape(n, h // window, window, w // window, window, c)
+    return x.transpose(2, 3).reshape(-1, window * window, c)
 
 
-def from_windows(tokens: torch.Tensor, shape: torch.Size, window: int) -> torch.Tensor:
-    """Inverse of `to_windows`."""
+def from_windows(
+    tokens: torch.Tensor, shape: torch.Size, window: int, memory_format: torch.memory_format
+) -> torch.Tensor:
+    """Inverse of `to_windows`, in the asked-for memory format: channels_last stays
+    channels_last through the transformer (a view, no copy), NCHW stays NCHW."""
     n, c, h, w = shape
-    x = tokens.view(n, h // window, w // window, window, window, c)
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)
+    x = tokens.view(n, h // window, w // window, window, window, c).transpose(2, 3)
+    x = x.reshape(n, h, w, c).permute(0, 3, 1, 2)
+    return x.contiguous(memory_format=memory_format)
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+ATTENTION_KERNELS = ("sdpa", "matmul")
+"""Two implementations of the same window attention. `sdpa` is PyTorch's fused
+scaled_dot_product_attention; `matmul` spells it out as two batched matmuls and a softmax,
+which can be faster where the fused kernels refuse 4-wide heads (see bench/device.py)."""
+
+
+def window_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel: str
+) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v over (batch, heads, tokens, width)."""
+    if kernel == "sdpa":
+        return F.scaled_dot_product_attention(query, key, value)
+    scores = (query * query.shape[-1] ** -0.5) @ key.transpose(-2, -1)
+    return scores.softmax(dim=-1) @ value
 
 
 class WindowTransformer(nn.Module):
@@ -113,6 +141,7 @@ class WindowTransformer(nn.Module):
         if channels % heads:
             raise ValueError(f"{channels} channels do not split into {heads} heads")
         self.heads, self.window = heads, window
+        self.kernel = "sdpa"
         self.norm1 = nn.LayerNorm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
@@ -127,14 +156,14 @@ class WindowTransformer(nn.Module):
         batch, length, channels = tokens.shape
         qkv = self.qkv(tokens).view(batch, length, 3, self.heads, channels // self.heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        mixed = F.scaled_dot_product_attention(query, key, value)
+        mixed = window_attention(query, key, value, self.kernel)
         return self.proj(mixed.transpose(1, 2).reshape(batch, length, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = to_windows(x, self.window)
         tokens = tokens + self.attend(self.norm1(tokens))
         tokens = tokens + self.mlp(self.norm2(tokens))
-        return from_windows(tokens, x.shape, self.window)
+        return from_windows(tokens, x.shape, self.window, memory_format_of(x))
 
 
 class EdgeAttentionBlock(nn.Module):
@@ -248,6 +277,15 @@ def build_model(preset: str = "paper", scale: int = 2, **overrides: object) -> E
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     return EMSR(replace(PRESETS[preset], scale=scale, **overrides))
+
+
+def use_attention_kernel(model: nn.Module, kernel: str) -> None:
+    """Switch every window transformer of `model` to `kernel` (same values, other speed)."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}")
+    for module in model.modules():
+        if isinstance(module, WindowTransformer):
+            module.kernel = kernel
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emsr.network import PRESETS, StarletEdges, build_model, count_parameters
+from emsr.network import (
+    PRESETS,
+    StarletEdges,
+    WindowTransformer,
+    build_model,
+    count_parameters,
+    use_attention_kernel,
+)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -70,3 +77,41 @@ def test_a_tile_shifted_off_the_window_grid_differs():
         whole = model(image)
         tile = model(image[..., 2:, 2:])
     assert not torch.allclose(tile[..., 60:100, 60:100], whole[..., 64:104, 64:104], atol=1e-4)
+
+
+def test_attention_kernels_give_the_same_values():
+    """`matmul` spells out what `sdpa` fuses: another speed, the same network."""
+    torch.manual_seed(0)
+    model = build_model("small", 3).eval()
+    image = torch.rand(2, 1, 36, 44)
+    with torch.no_grad():
+        fused = model(image)
+        use_attention_kernel(model, "matmul")
+        spelled_out = model(image)
+    assert torch.allclose(fused, spelled_out, atol=1e-5)
+    with pytest.raises(ValueError, match="attention kernel"):
+        use_attention_kernel(model, "flash")
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_window_transformer_keeps_the_memory_format(memory_format):
+    """channels_last survives the windows (no layout flip before every convolution on GPU),
+    and NCHW stays NCHW, so CPU arithmetic is unchanged."""
+    layer = WindowTransformer(channels=16, heads=4, window=4, mlp_ratio=2).eval()
+    x = torch.rand(2, 16, 8, 12).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        y = layer(x)
+        reference = layer(x.contiguous())
+    assert y.is_contiguous(memory_format=memory_format)
+    assert torch.allclose(y, reference, atol=1e-6)
+
+
+def test_channels_last_model_matches_nchw():
+    torch.manual_seed(0)
+    model = build_model("small", 2).eval()
+    image = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        nchw = model(image)
+        model = model.to(memory_format=torch.channels_last)
+        nhwc = model(image.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(nchw, nhwc, atol=1e-5)
