@@ -82,3 +82,20 @@ class TrainParams(BaseModel):
         if (self.pairs is None) == (self.lr_url is None or self.hr_url is None):
             raise ValueError("give either --pairs DIR or both --lr and --hr")
         return self
+
+
+class ImportParams(BaseModel):
+    """Import a TIFF stack (folder of per-section TIFFs or one multi-page TIFF) as OME-Zarr."""
+
+    source: str = Field(description="folder of .tif/.tiff sections, or one multi-page TIFF")
+    output_url: VolumeURL = Field(description="OME-Zarr v3 volume to create or continue")
+    voxel_size: tuple[float, float, float] = Field(description="voxel size (z, y, x), nm")
+    chunk: Triple | None = Field(None, description="storage chunk (z, y, x)")
+    threads: int = Field(4, ge=1, le=64, description="sections decoded and written at once")
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def positive_voxel_size(self) -> ImportParams:
+        if not all(0 < v < float("inf") for v in self.voxel_size):
+            raise ValueError(f"voxel size must be three positive numbers, got {self.voxel_size}")
+        return self
