@@ -239,7 +239,7 @@ def host_overhead_row(args: argparse.Namespace, folder: Path) -> dict:
     real = block_path.cached_predictor
     block_path.cached_predictor = lambda *_: NoOpPredictor(scale)
     try:
-        seconds = run_blocks(task, plan)
+        seconds, _ = run_blocks(task, plan)
     finally:
         block_path.cached_predictor = real
     return {"kind": "host_overhead", "scale": scale, "lr_shape": list(lr_shape),
