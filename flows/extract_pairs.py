@@ -53,6 +53,9 @@ class ExtractPairsParams(BaseModel):
         DEFAULT_MIN_CONFIDENCE, ge=-1, le=1, description="least LR↔HR correlation accepted"
     )
     overwrite: bool = Field(False, description="replace an existing store in `out`")
+    voxel_size: tuple[float, float, float] | None = Field(
+        None, description="HR voxel size (z, y, x) in nm, where its metadata has none"
+    )
 
     def to_request(self) -> PairRequest:
         return PairRequest(**self.model_dump())

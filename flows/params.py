@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, PlainSerializer, model_validator
 from pipeline.geometry import Box
 from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, SuperResolveRequest
 from pipeline.urls import redact
+from pipeline.world import WorldBox
 
 Triple = tuple[int, int, int]
 VolumeURL = Annotated[str, PlainSerializer(redact, return_type=str, when_used="json")]
@@ -32,6 +33,12 @@ class SuperResolveParams(BaseModel):
     chunk: Triple | None = Field(None, description="output storage chunk (z, y, x)")
     shard: Triple | None = Field(None, description="output shard (z, y, x), a multiple of chunk")
     roi: str | None = Field(None, description="output region z0:z1,y0:y1,x0:x1 (output voxels)")
+    roi_nm: str | None = Field(
+        None, description="output region z0:z1,y0:y1,x0:x1 in the input's world coordinates, nm"
+    )
+    voxel_size: tuple[float, float, float] | None = Field(
+        None, description="input voxel size (z, y, x) in nm, where its metadata has none"
+    )
     tile: int = Field(DEFAULT_TILE, description="LR tile core, pixels")
     halo: int = Field(DEFAULT_HALO, description="LR context around each tile, pixels")
     scale: int | None = Field(None, description="expected scale; must match the checkpoint")
@@ -47,8 +54,9 @@ class SuperResolveParams(BaseModel):
 
     def to_request(self) -> SuperResolveRequest:
         return SuperResolveRequest(
-            **self.model_dump(exclude={"roi", "slurm_config"}),
+            **self.model_dump(exclude={"roi", "roi_nm", "slurm_config"}),
             roi=Box.parse(self.roi) if self.roi else None,
+            roi_nm=WorldBox.parse(self.roi_nm) if self.roi_nm else None,
             slurm_config=Path(self.slurm_config) if self.slurm_config else None,
         )
 

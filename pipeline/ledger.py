@@ -18,10 +18,22 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import tensorstore as ts
 
+from pipeline.omezarr import ARRAY_PATH
 from pipeline.urls import child_kvstore, parse_volume_url
 
 LEDGER_DIR = "emsr_ledger"
 LEDGER_CHUNK = 1 << 16
+
+
+def ledger_root(output_url: str) -> dict:
+    """The kvstore under which an output's ledgers live: inside the output, so that
+    `--overwrite` removes them with it. In an OME-Zarr image that is inside its
+    full-resolution array, where no Zarr reader looks for members (a folder in the image
+    group itself is an unknown object to zarr-python, which warns)."""
+    source = parse_volume_url(output_url)
+    if source.format == "zarr3":
+        return source.child(f"{ARRAY_PATH}/{LEDGER_DIR}")
+    return source.child(LEDGER_DIR)
 
 
 def configuration_hash(configuration: dict) -> str:
@@ -43,10 +55,9 @@ class DoneLedger:
     @classmethod
     def open(cls, output_url: str, key: str, block_count: int) -> DoneLedger:
         """Open (or create) the ledger of configuration `key` inside the output's location."""
-        output = parse_volume_url(output_url).kvstore
         spec = {
             "driver": "zarr3",
-            "kvstore": child_kvstore(output, f"{LEDGER_DIR}/{key[:24]}"),
+            "kvstore": child_kvstore(ledger_root(output_url), key[:24]),
             "metadata": {
                 "shape": [block_count],
                 "data_type": "uint8",

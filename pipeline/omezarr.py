@@ -7,6 +7,7 @@ Zarr v3 keeps a group's attributes in `zarr.json` under `attributes`; v2 in `.za
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import version
 from types import MappingProxyType
 
 import numpy as np
@@ -28,6 +29,8 @@ _NM_PER_UNIT = MappingProxyType(
 )
 ARRAY_PATH = "0"
 """The full-resolution array inside the image groups we create."""
+SCALES_TYPE = "none"
+"""The multiscale's `type`, the method that made its lower scales: none, there is one scale."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class ZarrArray:
     voxel_size_nm: Voxel
     voxel_size_known: bool
     attributes_key: str
+    origin_nm: Voxel = (0.0, 0.0, 0.0)
 
 
 def zarr_array(source: VolumeSource, fmt: str, url: str) -> ZarrArray:
@@ -61,24 +65,29 @@ def zarr_array(source: VolumeSource, fmt: str, url: str) -> ZarrArray:
             "URL of the array inside it"
         )
     dataset = multiscales[0]["datasets"][0]
-    voxel_size = _ome_voxel_size(multiscales[0], dataset, url)
+    voxel_size, centre = _ome_geometry(multiscales[0], dataset, url)
+    origin = tuple(c - v / 2 for c, v in zip(centre, voxel_size, strict=True))
     spec = {"driver": fmt, "kvstore": source.child(dataset["path"])}
-    return ZarrArray(spec, voxel_size, True, key)
+    return ZarrArray(spec, voxel_size, True, key, origin)
 
 
-def _ome_voxel_size(multiscale: dict, dataset: dict, url: str) -> Voxel:
-    """The dataset's (z, y, x) scale in nm: its own and the multiscale-wide scale, times units."""
+def _ome_geometry(multiscale: dict, dataset: dict, url: str) -> tuple[Voxel, Voxel]:
+    """The dataset's (z, y, x) voxel size and the centre of its voxel 0, in nm: the dataset's
+    transformations, then the multiscale-wide ones, applied in order, times the axes' units."""
     axes = [
         axis if isinstance(axis, dict) else {"name": axis}  # OME 0.3 names axes by string
         for axis in multiscale.get("axes") or "zyx"
     ]
-    scale = np.ones(len(axes))
+    scale, translation = np.ones(len(axes)), np.zeros(len(axes))
     for transform in [
         *dataset.get("coordinateTransformations", []),
         *multiscale.get("coordinateTransformations", []),
     ]:
         if transform["type"] == "scale":
-            scale = scale * np.asarray(transform["scale"], dtype=float)
+            factors = np.asarray(transform["scale"], dtype=float)
+            scale, translation = scale * factors, translation * factors
+        elif transform["type"] == "translation":
+            translation = translation + np.asarray(transform["translation"], dtype=float)
     space = [
         i
         for i, axis in enumerate(axes)
@@ -90,7 +99,11 @@ def _ome_voxel_size(multiscale: dict, dataset: dict, url: str) -> Voxel:
             f"{redact(url)}: OME-Zarr axes {axes} are not 3 spatial axes in "
             f"known units ({', '.join(filter(None, _NM_PER_UNIT))})"
         )
-    return tuple(float(scale[i]) * _NM_PER_UNIT[u] for i, u in zip(space, units, strict=True))
+    nm = [(i, _NM_PER_UNIT[u]) for i, u in zip(space, units, strict=True)]
+    return (
+        tuple(float(scale[i]) * f for i, f in nm),
+        tuple(float(translation[i]) * f for i, f in nm),
+    )
 
 
 def zarr3_metadata(spec: VolumeSpec) -> dict:
@@ -125,12 +138,27 @@ def zarr3_metadata(spec: VolumeSpec) -> dict:
     }
 
 
-def image_group(spec: VolumeSpec, attributes: dict) -> dict:
-    """An OME-Zarr 0.5 image group whose single scale is the array `ARRAY_PATH`."""
-    scale = {"type": "scale", "scale": list(spec.voxel_size_nm)}
+def image_group(spec: VolumeSpec, name: str, attributes: dict) -> dict:
+    """An OME-Zarr 0.5 image group whose single scale is the array `ARRAY_PATH`, placed so
+    that voxel 0's corner is at `spec.origin_nm` (OME translations name voxel centres).
+
+    The multiscale carries the spec's recommended `name` (viewers show it as the layer's
+    name), `type` and `metadata` (how the scales were made: here one scale, no downsampling)."""
+    centre = [o + v / 2 for o, v in zip(spec.origin_nm, spec.voxel_size_nm, strict=True)]
+    transforms = [
+        {"type": "scale", "scale": list(spec.voxel_size_nm)},
+        {"type": "translation", "translation": centre},
+    ]
     multiscale = {
-        "axes": [{"name": name, "type": "space", "unit": "nanometer"} for name in "zyx"],
-        "datasets": [{"path": ARRAY_PATH, "coordinateTransformations": [scale]}],
+        "name": name,
+        "axes": [{"name": axis, "type": "space", "unit": "nanometer"} for axis in "zyx"],
+        "datasets": [{"path": ARRAY_PATH, "coordinateTransformations": transforms}],
+        "type": SCALES_TYPE,
+        "metadata": {
+            "description": "a single scale, as written by EMSR",
+            "method": "emsr",
+            "version": version("emsr-pipeline"),
+        },
     }
     ome = {"version": "0.5", "multiscales": [multiscale]}
     return {

@@ -41,7 +41,14 @@ from emsr.degradations import (
 from emsr.errors import DataError
 from emsr.intensity import IntensityRange
 from pipeline.urls import confine, parse_volume_url, redact
-from pipeline.volumes import Triple, Volume, Voxel, create_volume, open_volume
+from pipeline.volumes import (
+    Triple,
+    Volume,
+    Voxel,
+    create_volume,
+    open_volume,
+    require_voxel_size,
+)
 
 PairMode = Literal["real", "synthetic", "denoised"]
 ProgressCallback = Callable[[int, int], None]
@@ -85,7 +92,8 @@ class PairRequest:
     `mode` None means ``real`` when an LR volume is given (and no noise is to be fitted to it),
     else ``synthetic``. `psf_sigma` is in HR pixels; `noise_sigma` is the synthetic noise std
     (the read noise for ``poisson_gaussian``, the std at white for ``local_variance``);
-    `max_offset` is in LR pixels.
+    `max_offset` is in LR pixels. `voxel_size` (nm) is the HR volume's where its metadata has
+    none (an LR without one is then HR × (1, scale, scale)).
     """
 
     hr_url: str
@@ -103,6 +111,7 @@ class PairRequest:
     max_offset: float = DEFAULT_MAX_OFFSET_LR_PX
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     overwrite: bool = False
+    voxel_size: Voxel | None = None
 
     @property
     def resolved_mode(self) -> PairMode:
@@ -215,8 +224,11 @@ def extract_pairs(request: PairRequest, on_progress: ProgressCallback | None = N
     """
     mode = request.resolved_mode
     _check_request(request, mode)
-    hr = open_volume(request.hr_url)
+    hr = open_volume(request.hr_url, voxel_size_nm=request.voxel_size)
+    z, y, x = require_voxel_size(hr.info)
     lr = open_volume(request.lr_url) if request.lr_url else None
+    if lr is not None and not lr.info.voxel_size_known:
+        lr = open_volume(request.lr_url, voxel_size_nm=(z, y * request.scale, x * request.scale))
     if lr is not None:
         check_voxel_sizes(lr, hr, request.scale)
     directory = _checked_output(request)

@@ -2,16 +2,28 @@
 
 Precomputed stores (x, y, z, channel) with a global `voxel_offset`; the rest of the
 pipeline sees (z, y, x) from 0, and this module and `pipeline.volumes` do the conversion.
+tensorstore reads and writes it, except volumes whose chunk files cloud-files compressed
+(CloudVolume's default on file://): CloudVolume reads those, behind the same TensorStore API.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import tensorstore as ts
+from cloudvolume import CloudVolume
 
 from pipeline.errors import VolumeError
 from pipeline.geometry import Triple
-from pipeline.urls import VolumeSource, redact
+from pipeline.urls import VolumeSource
 from pipeline.volume_spec import VolumeSpec
+
+COMPRESSED_SUFFIXES = (".gz", ".br", ".zstd", ".xz", ".bz2")
+"""What cloud-files appends to a chunk file it compressed (and finds again on reading)."""
 
 
 def info_document(spec: VolumeSpec, attributes: dict) -> dict:
@@ -21,7 +33,7 @@ def info_document(spec: VolumeSpec, attributes: dict) -> dict:
         "key": "_".join(f"{v:g}" for v in resolution),
         "resolution": resolution,
         "size": spec.shape[::-1],
-        "voxel_offset": [0, 0, 0],
+        "voxel_offset": voxel_offset(spec)[::-1],
         "chunk_sizes": [spec.chunk[::-1]],
         "encoding": "raw",
     }
@@ -35,6 +47,25 @@ def info_document(spec: VolumeSpec, attributes: dict) -> dict:
         "scales": [scale],
         "emsr": attributes,
     }
+
+
+def voxel_offset(spec: VolumeSpec) -> list[int]:
+    """The (z, y, x) `voxel_offset` placing voxel 0's corner at `spec.origin_nm`; precomputed
+    has only whole voxels, so an origin between them is refused."""
+    offset = [o / v for o, v in zip(spec.origin_nm, spec.voxel_size_nm, strict=True)]
+    whole = [round(o) for o in offset]
+    if not np.allclose(offset, whole, rtol=0, atol=1e-6):
+        raise VolumeError(
+            f"origin {spec.origin_nm} nm is not a whole number of {spec.voxel_size_nm} nm "
+            "voxels, which precomputed cannot store: write OME-Zarr (zarr3://) instead"
+        )
+    return whole
+
+
+def origin_nm(scale: dict) -> tuple[float, float, float]:
+    """The (z, y, x) corner of voxel 0 in nm: `voxel_offset` × `resolution`."""
+    xyz = zip(scale["voxel_offset"], scale["resolution"], strict=True)
+    return tuple(float(o) * float(r) for o, r in xyz)[::-1]
 
 
 def write_chunk(spec: VolumeSpec) -> Triple:
@@ -78,21 +109,67 @@ def sharding(shape: Triple, chunk: Triple, shard: Triple) -> tuple[dict, Triple]
     return spec, tuple(c << b for c, b in zip(chunk, wanted[::-1], strict=True))
 
 
-def first_scale(source: VolumeSource, url: str) -> dict:
-    """The full-resolution scale of the `info`, checked to be one tensorstore reads right."""
-    scale = source.read_json("info")[0]["scales"][0]
-    _refuse_gzip_files(source, scale, url)
-    return scale
+def first_scale(source: VolumeSource) -> dict:
+    """The full-resolution scale of the `info`."""
+    return source.read_json("info")[0]["scales"][0]
 
 
-def _refuse_gzip_files(source: VolumeSource, scale: dict, url: str) -> None:
-    """CloudVolume writes `<chunk>.gz` files on file:// by default; tensorstore reads zeros."""
+def has_compressed_chunk_files(source: VolumeSource, scale: dict) -> bool:
+    """Whether the scale's chunks are files compressed by cloud-files (`<chunk>.gz`, CloudVolume's
+    default on file://), which tensorstore cannot read: it takes such a chunk for a missing one
+    and reads zeros. One such file means the volume was written compressed, so the scan stops
+    at the first; only an uncompressed volume is scanned whole (once per open)."""
     if source.kvstore["driver"] != "file" or "sharding" in scale:
-        return
-    extents = zip(scale["voxel_offset"], scale["chunk_sizes"][0], scale["size"], strict=True)
-    first_chunk = f"{scale['key']}/" + "_".join(f"{o}-{o + min(c, n)}" for o, c, n in extents)
-    if not source.exists(first_chunk) and source.exists(f"{first_chunk}.gz"):
-        raise VolumeError(
-            f"{redact(url)} holds gzip-compressed chunk files, which tensorstore "
-            "reads as zeros: rewrite it uncompressed (CloudVolume compress=False)"
+        return False
+    try:
+        with os.scandir(Path(source.kvstore["path"]) / scale["key"]) as entries:
+            return any(entry.name.endswith(COMPRESSED_SUFFIXES) for entry in entries)
+    except FileNotFoundError:  # no chunk written yet
+        return False
+
+
+def cloudvolume_store(source: VolumeSource, scale: dict) -> ts.TensorStore:
+    """A read-only (x, y, z, channel) TensorStore whose chunks CloudVolume reads and decodes
+    (so compressed chunk files read right), on the same domain and chunk grid as tensorstore's
+    own precomputed driver gives."""
+    info = source.read_json("info")[0]
+    offset, size = scale["voxel_offset"], scale["size"]
+    domain = ts.IndexDomain(
+        inclusive_min=[*offset, 0],
+        shape=[*size, info["num_channels"]],
+        labels=["x", "y", "z", "channel"],
+    )
+    layout = ts.ChunkLayout(
+        read_chunk_shape=[*scale["chunk_sizes"][0], info["num_channels"]],
+        grid_origin=[*offset, 0],
+    )
+    reader = _CloudVolumeChunks("file://" + source.kvstore["path"].rstrip("/"))
+    return ts.virtual_chunked(
+        reader, dtype=np.dtype(info["data_type"]), domain=domain, chunk_layout=layout
+    )
+
+
+class _CloudVolumeChunks:
+    """tensorstore's read callback for `cloudvolume_store`: one CloudVolume per thread (they
+    are not shared across threads), rebuilt from the path after pickling."""
+
+    def __init__(self, cloudpath: str) -> None:
+        self.cloudpath = cloudpath
+        self._local = threading.local()
+
+    def __call__(self, domain: ts.IndexDomain, array: np.ndarray, _params: object) -> None:
+        volume = getattr(self._local, "volume", None)
+        if volume is None:
+            volume = self._local.volume = CloudVolume(
+                self.cloudpath, mip=0, fill_missing=True, progress=False, parallel=1
+            )
+        (x0, x1), (y0, y1), (z0, z1), (c0, c1) = (
+            (d.inclusive_min, d.exclusive_max) for d in domain
         )
+        array[...] = np.asarray(volume[x0:x1, y0:y1, z0:z1])[..., c0:c1]
+
+    def __getstate__(self) -> dict:
+        return {"cloudpath": self.cloudpath}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["cloudpath"])

@@ -24,7 +24,8 @@ from pipeline.ledger import DoneLedger, configuration_hash
 from pipeline.plan import BlockPlan
 from pipeline.tiles import TileLattice
 from pipeline.urls import absolute_url, confine, parse_volume_url, redact
-from pipeline.volumes import Volume, create_volume, open_volume
+from pipeline.volumes import Volume, create_volume, open_volume, require_voxel_size
+from pipeline.world import Voxel, WorldBox
 
 DEFAULT_TILE = 512
 """LR tile core (px). With the default halo the model computes (512+32)²/512² ≈ 1.13× the
@@ -46,6 +47,8 @@ class SuperResolveRequest:
     chunk: Triple | None = None
     shard: Triple | None = None
     roi: Box | None = None
+    roi_nm: WorldBox | None = None
+    voxel_size: Voxel | None = None
     tile: int = DEFAULT_TILE
     halo: int = DEFAULT_HALO
     scale: int | None = None
@@ -125,16 +128,18 @@ def output_attributes(request: SuperResolveRequest, configuration: dict, key: st
 def create_output(
     request: SuperResolveRequest, source: Volume, scale: int, chunk: Triple, attributes: dict
 ) -> Volume:
-    """Create the output (or reopen it) and refuse one written with another configuration."""
+    """Create the output (or reopen it) and refuse one written with another configuration.
+
+    The output covers the input's field: same corner in the world, voxels 1/scale in y, x."""
     z, y, x = source.info.shape
-    voxel_size = tuple(v / f for v, f in zip(source.info.voxel_size_nm, (1, scale, scale)))
     output = create_volume(
         request.output_url,
         (z, y * scale, x * scale),
         source.info.dtype,
-        voxel_size,
+        output_voxel_size(source, scale),
         chunk,
         shard=request.shard,
+        origin_nm=source.info.origin_nm,
         attributes=attributes,
         overwrite=request.overwrite,
     )
@@ -147,6 +152,24 @@ def create_output(
     return output
 
 
+def output_voxel_size(source: Volume, scale: int) -> Voxel:
+    """In-plane SR: the input's voxel size over (1, scale, scale)."""
+    return tuple(v / f for v, f in zip(source.info.voxel_size_nm, (1, scale, scale)))  # type: ignore[return-value]
+
+
+def output_roi(request: SuperResolveRequest, source: Volume, scale: int) -> Box | None:
+    """The ROI in output voxels: `--roi` as given, or `--roi-nm` (world nm, in the input's
+    frame) widened to the output voxels that cover it."""
+    if request.roi is not None and request.roi_nm is not None:
+        raise PlanError("give --roi (output voxels) or --roi-nm (world nm), not both")
+    if request.roi_nm is None:
+        return request.roi
+    roi = request.roi_nm.voxels(source.info.origin_nm, output_voxel_size(source, scale))
+    if roi.empty:
+        raise PlanError(f"--roi-nm {request.roi_nm} covers no output voxel")
+    return roi
+
+
 def prepare(request: SuperResolveRequest) -> PreparedRun:
     """Validate the request, then create (or reopen) the output with its provenance."""
     request = replace(
@@ -157,13 +180,15 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     confine(request.checkpoint)
     checkpoint = read_checkpoint(request.checkpoint)
     scale = check_scale(request, checkpoint)
-    source = open_volume(request.input_url)
+    source = open_volume(request.input_url, voxel_size_nm=request.voxel_size)
+    require_voxel_size(source.info)
     z, y, x = source.info.shape
     output_shape = (z, y * scale, x * scale)
     chunk = request.chunk or default_chunk(output_shape)
     write_unit = request.shard or chunk
     block = request.block or default_block(write_unit, scale, request.tile)
-    plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, request.roi)
+    roi = output_roi(request, source, scale)
+    plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, roi)
     window = checkpoint.model.config.window
     lattice = TileLattice.for_section((y, x), request.tile, request.halo, window)
     intensity = choose_intensity(source, request.normalization)

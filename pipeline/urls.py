@@ -26,12 +26,12 @@ import tensorstore as ts
 from pipeline.errors import VolumeError
 
 ACCEPTED_FORMS = (
-    "zarr3://, zarr:// (Zarr v2) or precomputed:// followed by file://, gs://, s3://, "
+    "zarr3://, zarr:// (Zarr v2), precomputed:// or n5:// followed by file://, gs://, s3://, "
     "http(s):// or a local path; a path ending in .zarr; or URL|zarr3:, URL|zarr2:, "
-    "URL|neuroglancer-precomputed:"
+    "URL|neuroglancer-precomputed:, URL|n5:"
 )
 _PREFIX_FORMATS = MappingProxyType(
-    {"zarr3": "zarr3", "zarr": "zarr", "zarr2": "zarr", "precomputed": "precomputed"}
+    {"zarr3": "zarr3", "zarr": "zarr", "zarr2": "zarr", "precomputed": "precomputed", "n5": "n5"}
 )
 _PIPE_FORMATS = MappingProxyType(
     {
@@ -39,6 +39,7 @@ _PIPE_FORMATS = MappingProxyType(
         "zarr2:": "zarr",
         "zarr:": "zarr3",
         "neuroglancer-precomputed:": "precomputed",
+        "n5:": "n5",
     }
 )
 DATA_ROOT_ENV = "EMSR_DATA_ROOT"
@@ -47,7 +48,12 @@ REQUEST_RETRIES = MappingProxyType({"max_retries": 5, "initial_delay": "0.5s", "
 that is down fails the run's checks promptly, and a block that meets a longer outage is
 retried whole by the dispatcher."""
 _METADATA_KEYS = MappingProxyType(
-    {"zarr3": ("zarr.json",), "zarr": (".zarray", ".zgroup"), "precomputed": ("info",)}
+    {
+        "zarr3": ("zarr.json",),
+        "zarr": (".zarray", ".zgroup"),
+        "precomputed": ("info",),
+        "n5": ("attributes.json",),
+    }
 )
 
 
@@ -55,10 +61,11 @@ _METADATA_KEYS = MappingProxyType(
 class VolumeSource:
     """Where a volume lives and in which format, and the metadata documents stored there.
 
-    `format` is "zarr3", "zarr" (v2) or "precomputed"; `kvstore` is the tensorstore spec of the
-    volume's root (a path ending in "/"). `detect_zarr_version` is set where the URL does not
-    pin the Zarr version (a bare `.zarr` path, `zarr://`, `|zarr:`): the other version's
-    metadata, if that is all the store holds, wins. `secrets` are substrings never to show.
+    `format` is "zarr3", "zarr" (v2), "precomputed" or "n5" (read only); `kvstore` is the
+    tensorstore spec of the volume's root (a path ending in "/"). `detect_zarr_version` is set
+    where the URL does not pin the Zarr version (a bare `.zarr` path, `zarr://`, `|zarr:`):
+    the other version's metadata, if that is all the store holds, wins. `secrets` are
+    substrings never to show.
     """
 
     format: str

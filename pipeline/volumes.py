@@ -3,19 +3,20 @@
 The rest of the pipeline sees a `Volume` indexed 0-based in (z, y, x) and its `VolumeInfo`.
 Each format's on-disk conventions live in its own module: `pipeline.precomputed` (the `info`,
 its (x, y, z, channel) order and global `voxel_offset`, sharding) and `pipeline.omezarr`
-(the group-plus-array layout and its units); `pipeline.volume_spec` checks what to create.
+(the group-plus-array layout and its units), `pipeline.n5` (input only); `pipeline.world`
+says where voxels are in nm, and `pipeline.volume_spec` checks what to create.
 
 A box is `tuple[slice, slice, slice]` of 0-based (z, y, x) half-open ranges (`None` = edge).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tensorstore as ts
 
-from pipeline import omezarr, precomputed
+from pipeline import n5, omezarr, precomputed
 from pipeline.errors import VolumeError
 from pipeline.geometry import Triple
 from pipeline.urls import VolumeSource, parse_volume_url, redact, reported
@@ -32,7 +33,8 @@ class VolumeInfo:
 
     `chunk` is the write unit (the shard when sharded): parallel writers must own whole ones.
     `read_chunk` is the smallest unit a read fetches. `offset` is precomputed's `voxel_offset`
-    (reads and writes stay 0-based). `url` is redacted, so it is safe to log and record.
+    (reads and writes stay 0-based). `origin_nm` is the world position of voxel 0's corner
+    (see `pipeline.world`). `url` is redacted, so it is safe to log and record.
     """
 
     url: str
@@ -44,6 +46,7 @@ class VolumeInfo:
     read_chunk: Triple
     format: str
     voxel_size_known: bool = True
+    origin_nm: Voxel = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -131,11 +134,31 @@ class Volume:
         return box
 
 
-def open_volume(url: str) -> Volume:
-    """Open an existing volume for reading and (where the store allows) writing."""
+def open_volume(url: str, voxel_size_nm: Voxel | None = None) -> Volume:
+    """Open an existing volume for reading and (where the store allows) writing.
+
+    `voxel_size_nm` (the `--voxel-size` options) replaces what the metadata says, for volumes
+    that record none or a wrong one."""
     source = parse_volume_url(url)
     with reported("open", url, source):
-        return _open(source, url)
+        volume = _open(source, url)
+    if voxel_size_nm is None:
+        return volume
+    given = VolumeSpec.checked((1, 1, 1), volume.info.dtype, voxel_size_nm, (1, 1, 1), None)
+    old = zip(volume.info.origin_nm, volume.info.voxel_size_nm, given.voxel_size_nm, strict=True)
+    origin = tuple(o / v * new for o, v, new in old)  # the same voxel stays at the corner
+    info = replace(
+        volume.info, voxel_size_nm=given.voxel_size_nm, voxel_size_known=True, origin_nm=origin
+    )
+    return Volume(volume.array, info, volume._attributes)
+
+
+def require_voxel_size(info: VolumeInfo, option: str = "--voxel-size") -> Voxel:
+    """The volume's voxel size; a VolumeError naming `option` where its metadata has none
+    (a bare Zarr array): an invented size would misplace and mis-scale every output."""
+    if not info.voxel_size_known:
+        raise VolumeError(f"{info.url} records no voxel size: give it with {option} Z,Y,X (nm)")
+    return info.voxel_size_nm
 
 
 def create_volume(
@@ -146,6 +169,7 @@ def create_volume(
     chunk: Triple,
     *,
     shard: Triple | None = None,
+    origin_nm: Voxel = (0.0, 0.0, 0.0),
     attributes: dict | None = None,
     overwrite: bool = False,
 ) -> Volume:
@@ -153,12 +177,16 @@ def create_volume(
 
     `chunk` is the storage chunk, the unit a reader fetches. `shard`, a multiple of `chunk`,
     bundles chunks into one stored object and then is the write unit (`info.chunk`).
-    `attributes` (provenance) is stored under `emsr` when the volume is created.
+    `origin_nm` places voxel 0's corner in the world (nm). `attributes` (provenance) is
+    stored under `emsr` when the volume is created.
     """
     source = parse_volume_url(url)
-    spec = VolumeSpec.checked(shape, dtype, voxel_size_nm, chunk, shard)
-    if source.format == "zarr":
-        raise VolumeError(f"cannot create Zarr v2 at {redact(url)}: use zarr3:// or a .zarr path")
+    spec = VolumeSpec.checked(shape, dtype, voxel_size_nm, chunk, shard, origin_nm)
+    if source.format in ("zarr", "n5"):
+        name = {"zarr": "Zarr v2", "n5": "N5"}[source.format]
+        raise VolumeError(
+            f"cannot create {name} at {redact(url)}: use zarr3://, precomputed:// or a .zarr path"
+        )
     with reported("read", url, source):
         existing = source.stored_format()
     if existing and not overwrite:
@@ -178,8 +206,14 @@ def create_volume(
                 create=True,
                 open=True,  # the same array, created by a run that started with this one
             ).result()
-            _write_if_absent(source, "zarr.json", omezarr.image_group(spec, attributes or {}))
+            group = omezarr.image_group(spec, _image_name(source), attributes or {})
+            _write_if_absent(source, "zarr.json", group)
     return _matching(open_volume(url), spec, source.format)
+
+
+def _image_name(source: VolumeSource) -> str:
+    """The name viewers show for a volume: its folder's name without `.zarr`."""
+    return source.kvstore["path"].rstrip("/").rpartition("/")[2].removesuffix(".zarr")
 
 
 def _write_if_absent(source: VolumeSource, key: str, document: dict) -> None:
@@ -214,20 +248,31 @@ def _open(source: VolumeSource, url: str) -> Volume:
     if fmt is None:
         raise VolumeError(f"no volume at {redact(url)}: check the path/URL")
     if fmt == "precomputed":
-        scale = precomputed.first_scale(source, url)
+        scale = precomputed.first_scale(source)
         spec = {"driver": "neuroglancer_precomputed", "kvstore": source.kvstore, "scale_index": 0}
         voxel_size, known = tuple(float(v) for v in scale["resolution"][::-1]), True
+        origin = precomputed.origin_nm(scale)
         doc = _AttributeDoc(source, "info")
+    elif fmt == "n5":
+        dataset = n5.n5_dataset(source, url)
+        spec, voxel_size, known = dataset.spec, dataset.voxel_size_nm, dataset.voxel_size_known
+        origin = dataset.origin_nm
+        doc = _AttributeDoc(source, n5.ATTRIBUTES)
     else:
         array = omezarr.zarr_array(source, fmt, url)
         spec, voxel_size, known = array.spec, array.voxel_size_nm, array.voxel_size_known
+        origin = array.origin_nm
         doc = _AttributeDoc(source, array.attributes_key)
-    writable = source.kvstore["driver"] != "http"
-    store = ts.open(spec, read=True, write=writable).result()
+    if fmt == "precomputed" and precomputed.has_compressed_chunk_files(source, scale):
+        store = precomputed.cloudvolume_store(source, scale)
+    else:
+        store = ts.open(spec, read=True, write=source.kvstore["driver"] != "http").result()
     if fmt == "precomputed":
         if store.shape[3] != 1:
             raise VolumeError(f"{redact(url)} has {store.shape[3]} channels: EMSR needs one")
         store = store[ts.d["channel"][0]].T
+    elif fmt == "n5":
+        store = store.T
     if store.rank != 3:
         raise VolumeError(f"{redact(url)} has rank {store.rank}: EMSR needs a 3-D (z, y, x) volume")
     dtype = store.dtype.numpy_dtype
@@ -244,6 +289,7 @@ def _open(source: VolumeSource, url: str) -> Volume:
         read_chunk=tuple(layout.read_chunk.shape),
         format=fmt,
         voxel_size_known=known,
+        origin_nm=origin,
     )
     return Volume(store.translate_to[0], info, doc)
 
@@ -255,13 +301,17 @@ def _matching(volume: Volume, spec: VolumeSpec, fmt: str) -> Volume:
         write_chunk = precomputed.write_chunk(spec)
     else:
         write_chunk = spec.shard or spec.chunk
-    expected = (fmt, spec.shape, spec.dtype, spec.voxel_size_nm, write_chunk, spec.chunk)
-    names = ("format", "shape", "dtype", "voxel size (nm)", "write chunk", "read chunk")
-    found = (info.format, info.shape, info.dtype, info.voxel_size_nm, info.chunk, info.read_chunk)
+    expected = (
+        fmt, spec.shape, spec.dtype, spec.voxel_size_nm, spec.origin_nm, write_chunk, spec.chunk
+    )  # fmt: skip
+    names = ("format", "shape", "dtype", "voxel size (nm)", "origin (nm)", "write chunk",
+             "read chunk")  # fmt: skip
+    found = (info.format, info.shape, info.dtype, info.voxel_size_nm, info.origin_nm, info.chunk,
+             info.read_chunk)  # fmt: skip
     differences = [
         f"{name} {have} (wanted {want})"
         for name, have, want in zip(names, found, expected, strict=True)
-        if not (np.allclose(have, want, rtol=1e-6) if name.startswith("voxel") else have == want)
+        if not (np.allclose(have, want, rtol=1e-6) if "(nm)" in name else have == want)
     ]
     if differences:
         raise VolumeError(

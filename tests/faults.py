@@ -30,7 +30,7 @@ import tensorstore as ts
 from distributed import Worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline.ledger import LEDGER_DIR
+from pipeline.ledger import ledger_root
 
 PACE_ENV = "EMSR_TEST_BLOCK_PACE_S"
 BLOCK_KEY_PREFIX = "emsr-block-"
@@ -61,7 +61,7 @@ def paced_environment(seconds: float) -> dict[str, str]:
 
 def ledger_marks(output: Path) -> np.ndarray | None:
     """The done bytes of the output's one ledger, as on disk now (None before it exists)."""
-    ledgers = sorted((output / LEDGER_DIR).glob("*/zarr.json"))
+    ledgers = sorted(Path(ledger_root(str(output))["path"]).glob("*/zarr.json"))
     if not ledgers:
         return None
     (metadata,) = ledgers

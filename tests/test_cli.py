@@ -21,7 +21,7 @@ import zarr
 
 from emsr.checkpoint import CONFIG, file_sha256, save_checkpoint, weights_path
 from emsr.network import build_model
-from pipeline.ledger import LEDGER_DIR
+from pipeline.ledger import ledger_root
 from pipeline.volumes import write_array
 
 EMSR = str(Path(sys.executable).with_name("emsr"))
@@ -201,7 +201,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_a_truthful_ledger(
                  "--chunk", "1,128,160", "--block", "2,128,160", "--tile", "32"]  # fmt: skip
     result = emsr("super-resolve", *arguments, env=env, file_size_limit=4096)
     assert_one_error_line(result, "File too large")
-    ledger = list((output / LEDGER_DIR).rglob("*"))
+    ledger = list(Path(ledger_root(str(output))["path"]).rglob("*"))
     marks = [p for p in ledger if p.is_file() and p.name != "zarr.json"]
     assert not marks, marks
 

@@ -15,6 +15,7 @@ from emsr.intensity import IntensityRange
 from emsr.metrics import psnr
 from pipeline.errors import LedgerError, PlanError, VolumeError
 from pipeline.geometry import Box
+from pipeline.ledger import ledger_root
 from pipeline.superresolve import SuperResolveRequest, super_resolve
 from pipeline.volumes import open_volume, write_array
 
@@ -59,7 +60,7 @@ def test_rerun_skips_done_blocks_and_resumes_missing_ones(
 ):
     output = tmp_path / "sr.zarr"
     complete = run(lr_url, output, checkpoint_dir, cluster_address)
-    ledger = next((output / "emsr_ledger").iterdir())
+    ledger = next(Path(ledger_root(str(output))["path"]).iterdir())
     request = SuperResolveRequest(
         lr_url, str(output), str(checkpoint_dir), chunk=(1, 32, 32), block=(2, 64, 64), tile=32,
         device="cpu", cluster=cluster_address,

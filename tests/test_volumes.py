@@ -82,7 +82,7 @@ def test_bare_relative_zarr_path_becomes_absolute_and_may_be_zarr2(tmp_path, mon
 
 
 @pytest.mark.parametrize(
-    "url", ["n5:///data/a", "zarr3://ftp://host/a", "/data/volume", "gs://b/x|n5:", "zarr3://"]
+    "url", ["tiff:///data/a", "zarr3://ftp://host/a", "/data/volume", "gs://b/x|tiff:", "zarr3://"]
 )
 def test_unknown_url_form_is_refused_with_the_accepted_forms(url):
     with pytest.raises(VolumeError, match="unknown volume URL") as error:
@@ -401,14 +401,3 @@ def test_attributes_merge_and_survive_pickling_to_a_worker(tmp_path):
     worker_copy.write(EVERYTHING, np.full((2, 8, 8), 9, np.uint8))
     assert worker_copy.read_attributes()["checkpoint_sha256"] == "f00"
     assert CloudVolume(f"file://{tmp_path}/em", progress=False)[:, :, :].min() == 9
-
-
-def test_cloudvolume_gzip_chunk_files_are_refused_not_read_as_zeros(tmp_path):
-    info = CloudVolume.create_new_info(
-        1, "image", "uint8", "raw", [8, 8, 40], [0, 0, 0], [32, 32, 2], chunk_size=[32, 32, 1]
-    )
-    cloud = CloudVolume(f"file://{tmp_path}/em", info=info, progress=False)
-    cloud.commit_info()
-    cloud[:, :, :] = np.ones((32, 32, 2, 1), np.uint8)
-    with pytest.raises(VolumeError, match="gzip-compressed chunk files"):
-        open_volume(f"precomputed://{tmp_path}/em")
