@@ -47,14 +47,24 @@ def triple(text: str | None, name: str) -> tuple[int, int, int] | None:
     return parse_triple(text, name) if text else None
 
 
+def voxel_size_option(text: str | None) -> tuple[float, float, float] | None:
+    from pipeline.world import parse_voxel_size
+
+    return parse_voxel_size(text) if text else None
+
+
 def run_flow(flow: Any, params: Any) -> dict:
-    """Run a flow; a failed run becomes its one-line message and exit code 2."""
-    state = flow(params, return_state=True)
-    if state.is_failed() or state.is_crashed():
-        if os.environ.get(DEBUG_ENV):
-            state.result()
-        fail(state.message or "the run failed (rerun with --debug for details)")
-    return state.result()
+    """Run a flow, reporting to the local Prefect server (started once, then reused) unless
+    PREFECT_API_URL names one; a failed run becomes its one-line message and exit code 2."""
+    from flows.server import prefect_api
+
+    with prefect_api():
+        state = flow(params, return_state=True)
+        if state.is_failed() or state.is_crashed():
+            if os.environ.get(DEBUG_ENV):
+                state.result()
+            fail(state.message or "the run failed (rerun with --debug for details)")
+        return state.result()
 
 
 def done(message: str) -> None:
@@ -68,7 +78,13 @@ def main(
     debug: Annotated[bool, typer.Option(help="show tracebacks and Prefect's logs")] = False,
 ) -> None:
     """Runs before every command: quiet Prefect unless debugging."""
+    from flows.server import DEFAULT_START_TIMEOUT_S
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's own temporary server (EMSR_PREFECT_SERVER=temporary) gets the same patience
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(int(DEFAULT_START_TIMEOUT_S))
+    )
     if debug:
         os.environ[DEBUG_ENV] = "1"
     else:
@@ -191,6 +207,9 @@ def extract_pairs(
     fit_noise: Annotated[bool, typer.Option(help="synthetic: match the noise of --lr")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store in --out")] = False,
+    voxel_size: Annotated[
+        str | None, typer.Option(metavar="Z,Y,X", help="HR voxel size, nm (if not recorded)")
+    ] = None,
 ) -> None:
     """Make a training-pair store: acquired LR + HR, synthetic LR from HR, or LR + denoised HR."""
     from flows.extract_pairs import ExtractPairsParams, extract_training_pairs_flow
@@ -198,6 +217,7 @@ def extract_pairs(
     params = ExtractPairsParams(
         hr_url=hr, lr_url=lr, out=str(out), mode=mode, scale=scale, psf_sigma=psf_sigma,
         noise=noise, noise_sigma=noise_sigma, fit_noise=fit_noise, seed=seed, overwrite=overwrite,
+        voxel_size=voxel_size_option(voxel_size),
     )  # fmt: skip
     result = run_flow(extract_training_pairs_flow, params)
     done(f"training pairs: {result['store']} (manifest {result['manifest']})")
@@ -212,7 +232,16 @@ def super_resolve(
     block: Triple = None,
     chunk: Triple = None,
     shard: Triple = None,
-    roi: Annotated[str | None, typer.Option(metavar="z0:z1,y0:y1,x0:x1")] = None,
+    roi: Annotated[
+        str | None, typer.Option(metavar="z0:z1,y0:y1,x0:x1", help="output voxels")
+    ] = None,
+    roi_nm: Annotated[
+        str | None,
+        typer.Option(metavar="z0:z1,y0:y1,x0:x1", help="world nm, in the input's frame"),
+    ] = None,
+    voxel_size: Annotated[
+        str | None, typer.Option(metavar="Z,Y,X", help="input voxel size, nm (if not recorded)")
+    ] = None,
     tile: Annotated[int, typer.Option(help="LR tile core, px")] = 512,
     halo: Annotated[int, typer.Option(help="LR context per tile side, px")] = 16,
     scale: Annotated[int | None, typer.Option(help="must match the checkpoint")] = None,
@@ -233,7 +262,8 @@ def super_resolve(
     params = SuperResolveParams(
         input_url=input_url, output_url=output_url, checkpoint=str(checkpoint),
         block=triple(block, "--block"), chunk=triple(chunk, "--chunk"),
-        shard=triple(shard, "--shard"), roi=roi, tile=tile, halo=halo, scale=scale,
+        shard=triple(shard, "--shard"), roi=roi, roi_nm=roi_nm,
+        voxel_size=voxel_size_option(voxel_size), tile=tile, halo=halo, scale=scale,
         normalization=normalization, cluster=cluster, workers=workers,
         threads_per_worker=threads_per_worker, device=device, batch_size=batch_size,
         retries=retries, overwrite=overwrite,
@@ -285,6 +315,16 @@ def demo(
         f"super-resolved {result['sr']}, audit {result['audit']} "
         f"(PSNR {metrics['psnr']:.2f} dB and SSIM {metrics['ssim']:.3f} against the clean truth)"
     )
+
+
+@app.command("stop-server")
+@guarded
+def stop_server() -> None:
+    """Stop the local Prefect server that commands start once and then reuse."""
+    from flows.server import stop_local_server
+
+    pid = stop_local_server()
+    done(f"stopped the local Prefect server (pid {pid})" if pid else "no local Prefect server ran")
 
 
 if __name__ == "__main__":
