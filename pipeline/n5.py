@@ -8,26 +8,12 @@ comes from the two common conventions: `pixelResolution` (n5-viewer, BigDataView
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from pipeline.errors import VolumeError
 from pipeline.urls import VolumeSource, redact
-from pipeline.world import Voxel
+from pipeline.world import NM_PER_UNIT, Voxel
 
 ATTRIBUTES = "attributes.json"
-_NM_PER_UNIT = MappingProxyType(
-    {
-        "nm": 1.0,
-        "nanometer": 1.0,
-        "um": 1e3,
-        "µm": 1e3,
-        "micrometer": 1e3,
-        "micron": 1e3,
-        "mm": 1e6,
-        "millimeter": 1e6,
-        "angstrom": 0.1,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -51,9 +37,9 @@ def n5_dataset(source: VolumeSource, url: str) -> N5Dataset:
     xyz, units = _resolution(attributes, url)
     if xyz is None:
         return N5Dataset(spec, (1.0, 1.0, 1.0), False, (0.0, 0.0, 0.0))
-    voxel = tuple(float(v) * _NM_PER_UNIT[u] for v, u in zip(xyz, units, strict=True))[::-1]
+    voxel = tuple(float(v) * NM_PER_UNIT[u] for v, u in zip(xyz, units, strict=True))[::-1]
     offset = attributes.get("offset", [0.0, 0.0, 0.0])
-    origin = tuple(float(o) * _NM_PER_UNIT[u] for o, u in zip(offset, units, strict=True))[::-1]
+    origin = tuple(float(o) * NM_PER_UNIT[u] for o, u in zip(offset, units, strict=True))[::-1]
     return N5Dataset(spec, voxel, True, origin)  # type: ignore[arg-type]
 
 
@@ -66,9 +52,9 @@ def _resolution(attributes: dict, url: str) -> tuple[list | None, list[str]]:
         values, units = attributes.get("resolution"), attributes.get("units", ["nm"] * 3)
     if values is None:
         return None, units
-    if len(values) != 3 or len(units) != 3 or not all(u in _NM_PER_UNIT for u in units):
+    if len(values) != 3 or len(units) != 3 or not all(u in NM_PER_UNIT for u in units):
         raise VolumeError(
             f"{redact(url)}: N5 resolution {values} in {units} is not 3 spatial axes in known "
-            f"units ({', '.join(_NM_PER_UNIT)})"
+            f"units ({', '.join(NM_PER_UNIT)})"
         )
     return values, units

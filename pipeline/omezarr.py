@@ -8,25 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.metadata import version
-from types import MappingProxyType
 
 import numpy as np
 
 from pipeline.errors import VolumeError
 from pipeline.urls import VolumeSource, redact
-from pipeline.volume_spec import VolumeSpec, Voxel
+from pipeline.volume_spec import VolumeSpec
+from pipeline.world import NM_PER_UNIT, Voxel
 
-_NM_PER_UNIT = MappingProxyType(
-    {
-        None: 1.0,
-        "nanometer": 1.0,
-        "angstrom": 0.1,
-        "picometer": 1e-3,
-        "micrometer": 1e3,
-        "millimeter": 1e6,
-        "meter": 1e9,
-    }
-)
 ARRAY_PATH = "0"
 """The full-resolution array inside the image groups we create."""
 SCALES_TYPE = "none"
@@ -94,12 +83,12 @@ def _ome_geometry(multiscale: dict, dataset: dict, url: str) -> tuple[Voxel, Vox
         if axis.get("type", "space" if axis["name"] in ("z", "y", "x") else None) == "space"
     ]
     units = [axes[i].get("unit") for i in space]
-    if len(space) != 3 or not all(unit in _NM_PER_UNIT for unit in units):
+    if len(space) != 3 or not all(unit is None or unit in NM_PER_UNIT for unit in units):
         raise VolumeError(
             f"{redact(url)}: OME-Zarr axes {axes} are not 3 spatial axes in "
-            f"known units ({', '.join(filter(None, _NM_PER_UNIT))})"
+            f"known units ({', '.join(NM_PER_UNIT)})"
         )
-    nm = [(i, _NM_PER_UNIT[u]) for i, u in zip(space, units, strict=True)]
+    nm = [(i, NM_PER_UNIT.get(u, 1.0)) for i, u in zip(space, units, strict=True)]  # none: nm
     return (
         tuple(float(scale[i]) * f for i, f in nm),
         tuple(float(translation[i]) * f for i, f in nm),

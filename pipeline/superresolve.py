@@ -182,13 +182,13 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     scale = check_scale(request, checkpoint)
     source = open_volume(request.input_url, voxel_size_nm=request.voxel_size)
     require_voxel_size(source.info)
+    request = replace(request, roi=output_roi(request, source, scale), roi_nm=None)
     z, y, x = source.info.shape
     output_shape = (z, y * scale, x * scale)
     chunk = request.chunk or default_chunk(output_shape)
     write_unit = request.shard or chunk
     block = request.block or default_block(write_unit, scale, request.tile)
-    roi = output_roi(request, source, scale)
-    plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, roi)
+    plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, request.roi)
     window = checkpoint.model.config.window
     lattice = TileLattice.for_section((y, x), request.tile, request.halo, window)
     intensity = choose_intensity(source, request.normalization)

@@ -70,6 +70,10 @@ class Volume:
         self._attributes = attributes
         self.info = info
 
+    def described_as(self, info: VolumeInfo) -> Volume:
+        """The same stored volume with `info` corrected (a voxel size the user gave)."""
+        return Volume(self._store, info, self._attributes)
+
     @property
     def array(self) -> ts.TensorStore:
         """The volume as a lazy (z, y, x) array: slicing is free, `numpy.asarray` reads."""
@@ -144,13 +148,13 @@ def open_volume(url: str, voxel_size_nm: Voxel | None = None) -> Volume:
         volume = _open(source, url)
     if voxel_size_nm is None:
         return volume
-    given = VolumeSpec.checked((1, 1, 1), volume.info.dtype, voxel_size_nm, (1, 1, 1), None)
-    old = zip(volume.info.origin_nm, volume.info.voxel_size_nm, given.voxel_size_nm, strict=True)
+    given = tuple(map(float, voxel_size_nm))
+    if len(given) != 3 or not all(np.isfinite(given)) or min(given) <= 0:
+        raise VolumeError(f"--voxel-size must be 3 positive (z, y, x) nm, not {voxel_size_nm}")
+    old = zip(volume.info.origin_nm, volume.info.voxel_size_nm, given, strict=True)
     origin = tuple(o / v * new for o, v, new in old)  # the same voxel stays at the corner
-    info = replace(
-        volume.info, voxel_size_nm=given.voxel_size_nm, voxel_size_known=True, origin_nm=origin
-    )
-    return Volume(volume.array, info, volume._attributes)
+    info = replace(volume.info, voxel_size_nm=given, voxel_size_known=True, origin_nm=origin)
+    return volume.described_as(info)
 
 
 def require_voxel_size(info: VolumeInfo, option: str = "--voxel-size") -> Voxel:

@@ -14,11 +14,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from pipeline.errors import PlanError
 from pipeline.geometry import Box
 
 Voxel = tuple[float, float, float]
+NM_PER_UNIT = MappingProxyType(
+    {
+        "nanometer": 1.0,
+        "nm": 1.0,
+        "angstrom": 0.1,
+        "picometer": 1e-3,
+        "micrometer": 1e3,
+        "um": 1e3,
+        "µm": 1e3,
+        "micron": 1e3,
+        "millimeter": 1e6,
+        "mm": 1e6,
+        "meter": 1e9,
+    }
+)
+"""Nanometres per unit, by the names OME-Zarr (UDUNITS) and N5 writers use."""
 
 
 def parse_voxel_size(text: str, name: str = "--voxel-size") -> Voxel:
