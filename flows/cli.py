@@ -142,6 +142,36 @@ def phantom(
     done(f"phantom volumes: {', '.join(str(p) for p in written)}")
 
 
+@app.command("import")
+@guarded
+def import_tiff(
+    source: Annotated[Path, typer.Argument(help="folder of per-section TIFFs, or one TIFF")],
+    output_url: Annotated[str, typer.Argument(metavar="OUTPUT", help="OME-Zarr volume")],
+    voxel_size: Annotated[
+        str | None, typer.Option(metavar="Z,Y,X", help="voxel size in nm (required)")
+    ] = None,
+    chunk: Triple = None,
+    threads: Annotated[int, typer.Option(help="sections decoded and written at once")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier import in OUTPUT")] = False,
+) -> None:
+    """Import a TIFF stack (8/16-bit) as an OME-Zarr volume; rerun to resume."""
+    from flows.import_stack import import_tiff_flow
+    from flows.params import ImportParams
+
+    if voxel_size is None:
+        fail("--voxel-size Z,Y,X (nm) is required: TIFFs rarely record it reliably")
+    params = ImportParams(
+        source=str(source), output_url=output_url, voxel_size=voxel_size_option(voxel_size),
+        chunk=triple(chunk, "--chunk"), threads=threads, overwrite=overwrite,
+    )  # fmt: skip
+    result = run_flow(import_tiff_flow, params)
+    z, y, x = result["shape"]
+    done(
+        f"volume: {result['output']} ({z}×{y}×{x} {result['dtype']}, "
+        f"{result['slabs_written']} slabs written, {result['slabs_skipped']} already done)"
+    )
+
+
 @app.command()
 @guarded
 def train(

@@ -1,7 +1,5 @@
 """The import flow: a lab's TIFF stack in, an OME-Zarr volume the pipeline reads out."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from prefect import flow

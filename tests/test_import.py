@@ -3,6 +3,10 @@ anything the pipeline could not use is refused before an output exists."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorstore as ts
@@ -14,6 +18,7 @@ from pipeline.tiff_import import TiffStack, import_stack
 from pipeline.volumes import open_volume
 
 VOXEL = (50.0, 45.0, 45.0)
+EMSR = str(Path(sys.executable).with_name("emsr"))
 
 
 @pytest.fixture()
@@ -101,3 +106,20 @@ def test_stacks_the_pipeline_cannot_use_are_refused_in_one_line(tmp_path, make, 
     with pytest.raises(VolumeError, match=message) as refused:
         TiffStack.scan(folder)
     assert "\n" not in str(refused.value)
+
+
+def test_emsr_import_on_the_command_line(stack8, tmp_path, prefect_server):
+    folder, sections = stack8
+    output = tmp_path / "cli.zarr"
+    env = prefect_server.environment()
+    missing = subprocess.run([EMSR, "import", str(folder), str(output)], capture_output=True,
+                             text=True, env=env, timeout=300)  # fmt: skip
+    assert missing.returncode == 2 and "--voxel-size" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not output.exists()
+    result = subprocess.run(
+        [EMSR, "import", str(folder), str(output), "--voxel-size", "50,45,45"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{len(sections)} slabs written" in result.stderr.splitlines()[-1]
+    np.testing.assert_array_equal(open_volume(str(output)).read((slice(None),) * 3), sections)
