@@ -30,6 +30,7 @@ import yaml
 from distributed import Client, LocalCluster
 
 from pipeline.errors import ClusterError
+from pipeline.gpu_pinning import PRELOAD, node_gpu_count
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,14 @@ def _read_slurm_spec(config: Path) -> dict[str, Any]:
     return spec
 
 
+def local_gpu_options() -> dict[str, Any]:
+    """On a GPU node, each local worker process gets its own GPU (the pinning preload) and
+    advertises it as `GPU=1`; without this every worker would compute on cuda:0."""
+    if node_gpu_count() == 0:
+        return {}
+    return {"preload": [PRELOAD], "resources": {GPU_RESOURCE: 1}}
+
+
 @contextmanager
 def _local_cluster(workers: int, threads_per_worker: int) -> Iterator[Client]:
     """Worker processes on this machine; they inherit this process's environment."""
@@ -166,6 +175,7 @@ def _local_cluster(workers: int, threads_per_worker: int) -> Iterator[Client]:
             threads_per_worker=threads_per_worker,
             processes=True,
             dashboard_address=":0",
+            **local_gpu_options(),
         ) as cluster,
         Client(cluster) as client,
     ):

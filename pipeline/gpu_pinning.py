@@ -60,6 +60,15 @@ def visible_gpu_count() -> int:
     return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
 
 
+def node_gpu_count() -> int:
+    """GPUs this process may hand to local workers: CUDA_VISIBLE_DEVICES where it is set
+    (empty means none), else what the driver shows."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([device for device in visible.split(",") if device.strip()])
+    return visible_gpu_count()
+
+
 def dask_setup(worker: object) -> None:
     """Dask's preload hook: pin this worker process to its own GPU."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -8,6 +8,7 @@ import os
 import pytest
 from distributed import Client, LocalCluster
 
+from pipeline.cluster import connect, worker_gpu_count
 from pipeline.gpu_pinning import PRELOAD, device_for, worker_position
 
 
@@ -36,3 +37,21 @@ def test_local_workers_are_pinned_one_device_each(monkeypatch):
     ):
         seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
     assert sorted(seen.values()) == ["3", "5"]
+
+
+def test_emsr_local_cluster_on_a_gpu_node_pins_one_gpu_per_worker(monkeypatch):
+    """`--cluster local --workers 2` on a two-GPU node: a worker per GPU, each advertising
+    GPU=1, so block tasks ask for a GPU and go one at a time to each device."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with connect("local", 2) as client:
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        workers = client.scheduler_info()["workers"].values()
+        assert sorted(seen.values()) == ["0", "1"]
+        assert [w["resources"] for w in workers] == [{"GPU": 1}, {"GPU": 1}]
+        assert worker_gpu_count(client) == 2
+
+
+def test_a_cpu_node_starts_plain_workers(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with connect("local", 1) as client:
+        assert worker_gpu_count(client) == 0
