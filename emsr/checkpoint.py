@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,37 @@ CONFIG = "config.json"
 WEIGHTS = "weights"
 TRAINING_STATE = "training_state"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+VALIDATED_HALO = "validated_halo"
+
+
+@dataclass(frozen=True)
+class ValidatedHalo:
+    """The smallest halo (LR px) whose tiled output met the seam target with these weights,
+    measured on tiles of `tile` px (`pipeline.seams`); `seam_psnr_db` is None when identical.
+    Optional in `config.json`: checkpoints without it are measured when a run is prepared."""
+
+    halo: int
+    tile: int
+    seam_psnr_db: float | None
+    target_db: float
+
+    @classmethod
+    def from_config(cls, directory: Path, config: dict) -> ValidatedHalo | None:
+        if VALIDATED_HALO not in config:
+            return None
+        try:
+            record = cls(**config[VALIDATED_HALO])
+        except TypeError as error:
+            raise CheckpointError(
+                f"{directory / CONFIG} has an unreadable {VALIDATED_HALO} ({error}); "
+                "delete that entry to have the halo measured again"
+            ) from None
+        if not (isinstance(record.halo, int) and isinstance(record.tile, int)) or record.halo < 0:
+            raise CheckpointError(
+                f"{directory / CONFIG} has an invalid {VALIDATED_HALO} {config[VALIDATED_HALO]}; "
+                "delete that entry to have the halo measured again"
+            )
+        return record
 
 
 @dataclass(frozen=True)
@@ -46,6 +77,7 @@ class Checkpoint:
     normalization: dict
     path: Path
     metadata: dict = field(default_factory=dict)
+    validated_halo: ValidatedHalo | None = None
 
     @property
     def scale(self) -> int:
@@ -237,7 +269,17 @@ def read_checkpoint(directory: str | Path, *, verify: bool = True) -> Checkpoint
         normalization=config.get("normalization", {}),
         path=directory,
         metadata=config.get("metadata", {}),
+        validated_halo=ValidatedHalo.from_config(directory, config),
     )
+
+
+def record_validated_halo(directory: str | Path, record: ValidatedHalo) -> None:
+    """Add the validated halo to an existing checkpoint's config (atomically; the weights and
+    their sha256 are untouched). A later save, e.g. of resumed training, drops it again."""
+    directory = Path(directory)
+    config = {**_read_config(directory), VALIDATED_HALO: asdict(record)}
+    text = json.dumps(config, indent=2) + "\n"
+    write_atomically(directory / CONFIG, lambda path: path.write_text(text))
 
 
 def load_checkpoint(directory: str | Path) -> EMSR:

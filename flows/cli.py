@@ -214,7 +214,9 @@ def train(
     )  # fmt: skip
     result = run_flow(train_flow, params)
     psnr = result["validation_psnr_db"]
-    tail = f" (validation PSNR {psnr:.2f} dB)" if psnr is not None else ""
+    tail = f", validation PSNR {psnr:.2f} dB" if psnr is not None else ""
+    halo = result["validated_halo_px"]
+    tail += f", validated halo {halo} px" if halo is not None else ", no halo validated"
     done(f"checkpoint: {result['checkpoint']} at step {result['step']}{tail}")
 
 
@@ -273,7 +275,10 @@ def super_resolve(
         str | None, typer.Option(metavar="Z,Y,X", help="input voxel size, nm (if not recorded)")
     ] = None,
     tile: Annotated[int, typer.Option(help="LR tile core, px")] = 512,
-    halo: Annotated[int, typer.Option(help="LR context per tile side, px")] = 16,
+    halo: Annotated[
+        int | None,
+        typer.Option(help="LR context per tile side, px; unset: 16, or more if the model needs it"),
+    ] = None,
     scale: Annotated[int | None, typer.Option(help="must match the checkpoint")] = None,
     normalization: Annotated[str, typer.Option(help="auto, dtype or percentile")] = "auto",
     cluster: Annotated[str, typer.Option(help="local, slurm or tcp://HOST:PORT")] = "local",

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, PlainSerializer, model_validator
 
 from pipeline.geometry import Box
-from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, SuperResolveRequest
+from pipeline.superresolve import DEFAULT_TILE, SuperResolveRequest
 from pipeline.urls import redact
 from pipeline.world import WorldBox
 
@@ -40,7 +40,7 @@ class SuperResolveParams(BaseModel):
         None, description="input voxel size (z, y, x) in nm, where its metadata has none"
     )
     tile: int = Field(DEFAULT_TILE, description="LR tile core, pixels")
-    halo: int = Field(DEFAULT_HALO, description="LR context around each tile, pixels")
+    halo: int | None = Field(None, ge=0, description="LR context per tile, px; unset: 16 or more")
     scale: int | None = Field(None, description="expected scale; must match the checkpoint")
     normalization: Literal["auto", "dtype", "percentile"] = "auto"
     cluster: str = Field("local", description="local, slurm or tcp://HOST:PORT")

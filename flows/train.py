@@ -1,4 +1,5 @@
-"""The train flow: EMSR on aligned LR/HR volumes (noisy references are fine), with progress."""
+"""The train flow: EMSR on aligned LR/HR volumes (noisy references are fine), with progress;
+when training ends, the halo its tiles need is measured and stored in the checkpoint."""
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -10,6 +11,7 @@ from flows.params import TrainParams
 from flows.progress import ProgressReport
 from flows.states import fail_on_user_error
 from pipeline.pairs import check_voxel_sizes, read_pair_store
+from pipeline.seams import MEASURE_TILE, record_halo_validation, sample_sections
 from pipeline.urls import confine
 from pipeline.volumes import open_volume
 
@@ -47,10 +49,17 @@ def train_flow(params: TrainParams) -> dict:
             progress.advance_to(update.step, f"loss {update.loss:.4f} {psnr}")
 
         result = train(pairs, config, params.out, resume=params.resume, on_progress=on_progress)
+        progress.advance_to(result.step, "measuring the halo the seams need…")
+        sample = sample_sections(pairs.lr, pairs.lr_range, MEASURE_TILE)
+        halo = record_halo_validation(result.checkpoint, sample)
+        progress.advance_to(result.step, halo.summary())
+    record = halo.record()
     summary = {
         "checkpoint": str(result.checkpoint),
         "step": result.step,
         "validation_psnr_db": result.validation_psnr,
+        "validated_halo_px": record.halo if record else None,
+        "seam_psnr_db": record.seam_psnr_db if record else None,
     }
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
     create_markdown_artifact(f"## Training\n\n| | |\n|---|---|\n{rows}\n", key="train-summary")

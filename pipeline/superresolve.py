@@ -22,6 +22,7 @@ from pipeline.errors import LedgerError, PlanError, VolumeError
 from pipeline.geometry import Box, Triple
 from pipeline.ledger import DoneLedger, configuration_hash
 from pipeline.plan import BlockPlan
+from pipeline.seams import choose_halo, sample_sections
 from pipeline.tiles import TileLattice
 from pipeline.urls import absolute_url, confine, parse_volume_url, redact
 from pipeline.volumes import Volume, create_volume, open_volume, require_voxel_size
@@ -30,8 +31,6 @@ from pipeline.world import Voxel, WorldBox
 DEFAULT_TILE = 512
 """LR tile core (px). With the default halo the model computes (512+32)²/512² ≈ 1.13× the
 pixels it writes; see BENCHMARKS.md for the halo's accuracy and the redundancy."""
-DEFAULT_HALO = 16
-"""LR px of context around every tile; ≥ 78 dB agreement with whole-section inference."""
 DEFAULT_BLOCK_SECTIONS = 16
 DEFAULT_CHUNK_YX = 512
 
@@ -50,7 +49,8 @@ class SuperResolveRequest:
     roi_nm: WorldBox | None = None
     voxel_size: Voxel | None = None
     tile: int = DEFAULT_TILE
-    halo: int = DEFAULT_HALO
+    halo: int | None = None
+    """LR px around each tile; None: `DEFAULT_HALO`, raised to the checkpoint's validated halo."""
     scale: int | None = None
     normalization: str = "auto"
     cluster: str = "local"
@@ -189,9 +189,13 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     write_unit = request.shard or chunk
     block = request.block or default_block(write_unit, scale, request.tile)
     plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, request.roi)
-    window = checkpoint.model.config.window
-    lattice = TileLattice.for_section((y, x), request.tile, request.halo, window)
     intensity = choose_intensity(source, request.normalization)
+    halo = choose_halo(
+        request.halo, checkpoint, request.tile,
+        lambda tile: sample_sections(source.array, intensity, tile),
+    )  # fmt: skip
+    window = checkpoint.model.config.window
+    lattice = TileLattice.for_section((y, x), request.tile, halo, window)
     configuration = {
         "input": redact(request.input_url),
         "checkpoint_sha256": checkpoint.sha256,
