@@ -111,7 +111,7 @@ def seam_mask(section_shape: tuple[int, int], lattice: TileLattice, scale: int) 
     for extent, core in zip(section_shape, lattice.core, strict=True):
         lr = np.arange(scale * extent) // scale
         offset = lr % core
-        near = np.minimum(offset, core - offset) < SEAM_BAND
+        near = np.minimum(offset, core - 1 - offset) < SEAM_BAND
         axes.append(near & (lr >= SEAM_BAND) & (lr < round_up(extent, core) - SEAM_BAND))
     return axes[0][:, None] | axes[1][None, :]
 

@@ -18,8 +18,16 @@ from emsr.intensity import IntensityRange
 from flows.params import TrainParams
 from flows.train import train_flow
 from pipeline.errors import PlanError
-from pipeline.seams import MEASURE_TILE, SEAM_TARGET_DB, sample_sections, seam_psnr
+from pipeline.seams import (
+    MEASURE_TILE,
+    SEAM_BAND,
+    SEAM_TARGET_DB,
+    sample_sections,
+    seam_mask,
+    seam_psnr,
+)
 from pipeline.superresolve import SuperResolveRequest, prepare
+from pipeline.tiles import TileLattice
 from pipeline.volumes import open_volume
 
 UINT8 = IntensityRange.of_dtype(np.dtype("uint8"))
@@ -114,3 +122,14 @@ def test_the_validated_halo_round_trips_and_older_checkpoints_load(checkpoint_di
     (directory / CONFIG).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="unreadable validated_halo"):
         read_checkpoint(directory)
+
+
+def test_the_seams_are_the_band_around_interior_core_boundaries():
+    lattice = TileLattice((64, 64), 8)
+    mask = seam_mask((192, 160), lattice, scale=2)
+    rows = np.flatnonzero(mask[:, 0]) // 2
+    expected = [*range(64 - SEAM_BAND, 64 + SEAM_BAND), *range(128 - SEAM_BAND, 128 + SEAM_BAND)]
+    assert sorted(set(rows)) == expected
+    columns = np.flatnonzero(mask[0]) // 2
+    assert sorted(set(columns)) == [*range(64 - SEAM_BAND, 64 + SEAM_BAND),
+                                    *range(128 - SEAM_BAND, 128 + SEAM_BAND)]  # fmt: skip
