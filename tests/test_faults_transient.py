@@ -28,7 +28,7 @@ ALL = (slice(None),) * 3
 FAULT_RATE = 0.1
 SOAK_HR_SHAPE = (6, 256, 224)  # 336 blocks of one (1, 32, 32) chunk each
 TINY_BLOCK = (1, 32, 32)
-OPTIONS = {"chunk": TINY_BLOCK, "tile": 32, "halo": 4, "device": "cpu", "retries": 2}
+OPTIONS = {"chunk": TINY_BLOCK, "tile": 32, "halo": 8, "device": "cpu", "retries": 2}
 
 
 def job_for(
@@ -166,7 +166,7 @@ def test_command_exits_with_one_line_naming_a_block_that_cannot_be_written(
     chunk_key = "/".join(str(b // c) for b, c in zip(box.begin, TINY_BLOCK))
     (output / "0" / "c" / chunk_key / "obstacle").mkdir(parents=True)
 
-    options = ["--chunk", "1,32,32", "--block", "2,64,64", "--tile", "32", "--halo", "4",
+    options = ["--chunk", "1,32,32", "--block", "2,64,64", "--tile", "32", "--halo", "8",
                "--device", "cpu", "--cluster", cluster_address]  # fmt: skip
     result = subprocess.run(
         [EMSR, "super-resolve", lr_url, str(output), "--checkpoint", str(checkpoint_dir),

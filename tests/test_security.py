@@ -56,7 +56,7 @@ EMSR = str(Path(sys.executable).with_name("emsr"))
 USER, SECRET = "reader", "s3cr3t-Pa55"
 TOKEN = base64.b64encode(f"{USER}:{SECRET}".encode()).decode()
 LEAKS = (SECRET, TOKEN)
-SMALL = ["--chunk", "1,32,32", "--block", "2,64,64", "--tile", "32", "--halo", "4",
+SMALL = ["--chunk", "1,32,32", "--block", "2,64,64", "--tile", "32", "--halo", "8",
          "--device", "cpu"]  # fmt: skip
 BROKEN_CHUNK = "/broken/lr.zarr/0/c/3/0/0"
 
@@ -212,7 +212,7 @@ def credentialed_run(
     output = tmp_path_factory.mktemp("credentialed") / "sr.zarr"
     params = SuperResolveParams(
         input_url=source, output_url=str(output), checkpoint=str(checkpoint_dir),
-        chunk=(1, 32, 32), block=(2, 64, 64), tile=32, halo=4, device="cpu",
+        chunk=(1, 32, 32), block=(2, 64, 64), tile=32, halo=8, device="cpu",
         cluster=cluster_address,
     )  # fmt: skip
     state = super_resolve_flow(params, return_state=True)
