@@ -1,22 +1,18 @@
-"""Tiled against whole-section inference, by halo: the evidence for DEFAULT_HALO (target: the
-stored uint8 output within ≥ 50 dB PSNR of whole-section inference).
+"""Seam agreement of trained checkpoints by halo: the evidence for DEFAULT_HALO and for the
+halo validated at the end of training (target: seams ≥ 50 dB against whole-section
+inference; `pipeline.seams` says how they are measured).
 
-    python bench/halo_accuracy.py [--halos 0,4,8,16,24,32] [--tiles 64,512] [--steps 300]
-        [--checkpoint DIR] [--quick]
+    python bench/halo_accuracy.py [--halos 0,4,8,12,16,24,32] [--steps 100]
+        [--paper-steps 40] [--paper-patch 16] [--tiles 64,128] [--quick]
 
-Models: `small` untrained; `small` trained for `--steps` on phantom pairs (learning rate
-1e-3 so that a few hundred CPU steps learn something; or `--checkpoint`, any ×2 model);
-`paper` untrained, on a central `--paper-crop` of each section with 64 px tiles only (it is
-~20× slower on a CPU). Sections: phantom LR sections (HR `--sections`×1536×1536 → LR 768²,
-seed 7, not the training phantom).
-
-Each section is super-resolved whole (`emsr.inference.super_resolve_image`, reflected by
-`halo` px at its edges) and tiled exactly as blocks are (the global `TileLattice`, mirrored
-reads, `pipeline.block.super_resolve_region`, crop-and-stitch). Both see the same mirrored
-pixels at the section's edges, so the difference is the seams: there a tile sees `halo` px of
-its neighbour instead of all of it. Reported per model, tile and halo, over all sections:
-PSNR of the float outputs (data range 1) and of the uint8 outputs as stored (null when
-identical), and the largest |difference| of each.
+Models: `small` untrained and trained `--steps` (patch 32, batch 4, learning rate 1e-3, on a
+seed-1 phantom of 8 × 128² HR); `paper` untrained and trained `--paper-steps` (patch
+`--paper-patch`, batch 2, same phantom). Measured on phantom LR sections (seed 7, HR 2 × 768²
+→ LR 384²), sampled as a run samples its input (`sample_sections`: central crops of three
+tiles a side). Each row: seam PSNR (dB, null when identical) and the seconds it took, per
+model, tile and halo; then, per model, the halo `validate_halo` finds (what training stores)
+and its seconds. The row at halo 16 is what preparing a run costs for a checkpoint without a
+stored halo (one check at the default).
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,17 +31,15 @@ from model_throughput import cpu_name
 
 from emsr.checkpoint import read_checkpoint
 from emsr.data import PairedVolumes
-from emsr.inference import Predictor, super_resolve_image
+from emsr.inference import Predictor
 from emsr.intensity import IntensityRange
-from emsr.metrics import psnr
 from emsr.network import EMSR, build_model
 from emsr.phantom import PhantomSpec, make_phantom
 from emsr.training import TrainConfig, train
-from pipeline.block import super_resolve_region
-from pipeline.geometry import Box
-from pipeline.tiles import TileLattice, read_window_indices
+from pipeline.seams import MEASURE_TILE, sample_sections, seam_psnr, validate_halo
 
 SCALE = 2
+torch.set_num_threads(1)
 UINT8 = IntensityRange.of_dtype(np.dtype("uint8"))
 
 
@@ -60,96 +55,88 @@ def integers(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
-def trained_small(steps: int, workdir: Path) -> tuple[EMSR, str]:
-    """A `small` ×2 model trained briefly on a phantom of its own, and its name."""
-    phantom = make_phantom(PhantomSpec(shape=(16, 256, 256), scale=SCALE, seed=1))
+def trained(preset: str, steps: int, patch: int, batch: int, workdir: Path) -> tuple[EMSR, dict]:
+    """A ×2 model of `preset` trained briefly on a phantom of its own, and how it went."""
+    phantom = make_phantom(PhantomSpec(shape=(8, 128, 128), scale=SCALE, seed=1))
     config = TrainConfig(
-        preset="small", scale=SCALE, steps=steps, learning_rate=1e-3, device="cpu",
-        validate_every=steps, checkpoint_every=steps,
+        preset=preset, scale=SCALE, steps=steps, patch=patch, batch_size=batch,
+        learning_rate=1e-3, device="cpu", validate_every=steps, checkpoint_every=steps,
     )  # fmt: skip
-    result = train(PairedVolumes.from_arrays(phantom.lr, phantom.hr, SCALE), config, workdir)
-    name = f"small trained {steps} steps (validation PSNR {result.validation_psnr:.1f} dB)"
-    return read_checkpoint(result.checkpoint).model, name
+    started = time.perf_counter()
+    pairs = PairedVolumes.from_arrays(phantom.lr, phantom.hr, SCALE)
+    result = train(pairs, config, workdir / preset)
+    about = {
+        "steps": steps, "patch": patch, "batch": batch,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "validation_psnr_db": round(result.validation_psnr, 2),
+    }  # fmt: skip
+    return read_checkpoint(result.checkpoint).model, about
 
 
-def tiled(predictor: Predictor, section: np.ndarray, tile: int, halo: int) -> np.ndarray:
-    """One section through the pipeline's tiling: lattice, mirrored read, stitched cores."""
-    volume = section[None]
-    lattice = TileLattice.for_section(section.shape, tile, halo)
-    cover = lattice.cover(Box.from_shape(volume.shape))
-    rows, columns = read_window_indices(lattice, cover, volume.shape)
-    sr = super_resolve_region(predictor, volume[:, rows][:, :, columns], lattice, cover)
-    height, width = section.shape
-    return sr[0, : SCALE * height, : SCALE * width]
+def rounded(value: float) -> float | None:
+    return round(value, 2) if np.isfinite(value) else None
 
 
-def agreement(tiles: np.ndarray, whole: np.ndarray) -> dict:
-    """PSNR and largest |difference| of the tiled output against the whole-section one, as
-    floats and as stored uint8 (PSNR null when identical)."""
-    tiles8, whole8 = UINT8.denormalize(tiles, np.uint8), UINT8.denormalize(whole, np.uint8)
-    float_psnr, uint8_psnr = psnr(tiles, whole, data_range=1.0), psnr(tiles8, whole8, 255.0)
-    return {
-        "psnr_float": round(float_psnr, 2) if np.isfinite(float_psnr) else None,
-        "psnr_uint8": round(uint8_psnr, 2) if np.isfinite(uint8_psnr) else None,
-        "max_abs_diff_float": float(np.abs(tiles - whole).max()),
-        "max_abs_diff_uint8": int(np.abs(tiles8.astype(np.int16) - whole8).max()),
-    }
-
-
-def halo_rows(model: EMSR, sections: np.ndarray, tiles: tuple[int, ...], halo: int) -> list[dict]:
-    """Whole-section inference of `sections` (normalised float32) against each tiling."""
-    whole_predictor = Predictor(model, device="cpu", batch_size=1)
-    tile_predictor = Predictor(model, device="cpu", batch_size=4)
-    whole = np.stack([super_resolve_image(whole_predictor, s, halo) for s in sections])
-    rows = []
+def sweep(model: EMSR, lr: np.ndarray, tiles: tuple[int, ...], halos: tuple[int, ...]):
+    """Seam PSNR and its seconds for every tile and halo."""
+    predictor = Predictor(model.eval(), device="cpu", batch_size=1)
     for tile in tiles:
-        stitched = np.stack([tiled(tile_predictor, s, tile, halo) for s in sections])
-        rows.append({"tile": tile, **agreement(stitched, whole)})
-    return rows
-
-
-def central_crop(sections: np.ndarray, size: int) -> np.ndarray:
-    y, x = ((n - size) // 2 for n in sections.shape[1:])
-    return sections[:, y : y + size, x : x + size]
+        sample = sample_sections(lr, UINT8, tile)
+        for halo in halos:
+            started = time.perf_counter()
+            value = seam_psnr(predictor, sample, tile, halo)
+            yield {"tile": tile, "halo": halo, "seam_psnr_db": rounded(value),
+                   "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--halos", type=integers, default=(0, 4, 8, 16, 24, 32))
-    parser.add_argument("--tiles", type=integers, default=(64, 512))
-    parser.add_argument("--sections", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=300, help="training steps of `small`")
-    parser.add_argument("--checkpoint", default=None, help="a trained ×2 model instead")
-    parser.add_argument("--paper-crop", type=int, default=256, help="LR px, for `paper`")
-    parser.add_argument("--quick", action="store_true", help="1 LR section of 128², halos 0,16")
+    parser.add_argument("--halos", type=integers, default=(0, 4, 8, 12, 16, 24, 32))
+    parser.add_argument("--tiles", type=integers, default=(MEASURE_TILE, 2 * MEASURE_TILE))
+    parser.add_argument("--steps", type=int, default=100, help="training steps of `small`")
+    parser.add_argument("--paper-steps", type=int, default=40, help="training steps of `paper`")
+    parser.add_argument("--paper-patch", type=int, default=16, help="LR px, for `paper`")
+    parser.add_argument("--quick", action="store_true", help="`small` only, 10 steps, halos 0,16")
     args = parser.parse_args()
-    hr_side = 1536
     if args.quick:
-        hr_side, args.halos, args.tiles, args.sections = 256, (0, 16), (64,), 1
-        args.steps, args.paper_crop = 10, 128
-    spec = PhantomSpec(shape=(args.sections, hr_side, hr_side), scale=SCALE, seed=7)
-    sections = UINT8.normalize(make_phantom(spec).lr)
-    with tempfile.TemporaryDirectory(prefix="emsr-bench-") as directory:
-        if args.checkpoint:
-            trained, trained_name = read_checkpoint(args.checkpoint).model, args.checkpoint
-        else:
-            trained, trained_name = trained_small(args.steps, Path(directory) / "small")
+        args.halos, args.tiles, args.steps = (0, 16), (MEASURE_TILE,), 10
+    lr = make_phantom(PhantomSpec(shape=(2, 768, 768), scale=SCALE, seed=7)).lr
     torch.manual_seed(0)
-    runs = [
-        ("small untrained", build_model("small", SCALE), sections, args.tiles),
-        (trained_name, trained, sections, args.tiles),
-        ("paper untrained", build_model("paper", SCALE),
-         central_crop(sections, args.paper_crop), (64,)),
-    ]  # fmt: skip
-    for name, model, images, tiles in runs:
-        for halo in args.halos:
-            for result in halo_rows(model.eval(), images, tiles, halo):
-                row = {
-                    "bench": "halo_accuracy", "model": name, "halo": halo,
-                    "sections": list(images.shape), **result, "quick": args.quick,
-                    "machine": machine(),
-                }  # fmt: skip
-                print(json.dumps(row), flush=True)
+    untrained = {preset: build_model(preset, SCALE) for preset in ("small", "paper")}
+    with tempfile.TemporaryDirectory(prefix="emsr-bench-") as directory:
+        workdir = Path(directory)
+        models = [
+            ("small untrained", lambda: (untrained["small"], {}), args.tiles),
+            ("small trained", lambda: trained("small", args.steps, 32, 4, workdir), args.tiles),
+            ("paper untrained", lambda: (untrained["paper"], {}), (MEASURE_TILE,)),
+            ("paper trained",
+             lambda: trained("paper", args.paper_steps, args.paper_patch, 2, workdir),
+             (MEASURE_TILE,)),
+        ]  # fmt: skip
+        for name, make, tiles in models[: 2 if args.quick else None]:
+            measure(name, *make(), tiles, lr, args)
+
+
+def measure(
+    name: str,
+    model: EMSR,
+    about: dict,
+    tiles: tuple[int, ...],
+    lr: np.ndarray,
+    args: argparse.Namespace,
+) -> None:
+    """Print the sweep's rows, then the halo `validate_halo` finds and its cost."""
+    for row in sweep(model, lr, tiles, args.halos):
+        print(json.dumps({"bench": "halo_accuracy", "model": name, **about, **row,
+                          "quick": args.quick, "machine": machine()}), flush=True)  # fmt: skip
+    validation = validate_halo(model, sample_sections(lr, UINT8, MEASURE_TILE))
+    passing = validation.passing
+    print(json.dumps({
+        "bench": "halo_accuracy", "model": name, **about, "tile": MEASURE_TILE,
+        "validated_halo": passing.halo if passing else None,
+        "checks": len(validation.checks), "seconds": round(validation.seconds, 2),
+        "quick": args.quick, "machine": machine(),
+    }), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
