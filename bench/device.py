@@ -46,7 +46,8 @@ from emsr.phantom import PhantomSpec, make_phantom
 from pipeline.block import BlockTask, process_block
 from pipeline.geometry import Box
 from pipeline.plan import BlockPlan
-from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, default_block, default_chunk
+from pipeline.seams import DEFAULT_HALO
+from pipeline.superresolve import DEFAULT_TILE, default_block, default_chunk
 from pipeline.tiles import TileLattice
 from pipeline.volumes import create_volume, open_volume
 

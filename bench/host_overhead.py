@@ -31,7 +31,8 @@ from emsr.intensity import IntensityRange
 from pipeline.block import BlockTask, process_block, start_lr_read
 from pipeline.geometry import Box, Triple, parse_triple
 from pipeline.plan import BlockPlan
-from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, default_block, default_chunk
+from pipeline.seams import DEFAULT_HALO
+from pipeline.superresolve import DEFAULT_TILE, default_block, default_chunk
 from pipeline.tiles import TileLattice, cut_tiles, stitch_cores
 from pipeline.volumes import create_volume, write_array
 

@@ -263,7 +263,7 @@ def main() -> None:
             steady = times["dispatch_s"] - sum(one_time.values())
             row = {
                 "bench": "pipeline_efficiency", "preset": args.preset, "scale": SCALE,
-                "lr_shape": list(args.lr_shape), "tile": base.tile, "halo": base.halo,
+                "lr_shape": list(args.lr_shape), "tile": base.tile, "halo": run.task.lattice.halo,
                 "batch": args.batch, "workers": workers, "torch_threads_per_worker": threads,
                 "reference_torch_threads": workers * threads, "repeats": args.repeats,
                 "tiles": len(tiles), "predictor_calls": len(calls),

@@ -4,7 +4,7 @@ the written output needs, counted from the plan alone (no model is run).
     python bench/redundancy.py [--quick] [--batch 4]
 
 Rows (one JSON line each, `bench` names the kind):
-- "defaults": the defaults of pipeline/superresolve.py (DEFAULT_TILE, DEFAULT_HALO,
+- "defaults": the defaults of pipeline/superresolve.py and seams.py (DEFAULT_TILE, DEFAULT_HALO,
   default_chunk, default_block) on realistic volumes, ×2 and ×3. `redundancy` counts tile
   pixels with their halos, as `RunReport.redundancy` does; `redundancy_with_batch_padding`
   adds the all-zero tiles `Predictor` appends so that every batch is full (each z-slab of a
@@ -27,7 +27,8 @@ from model_throughput import cpu_name
 from pipeline.block import slab_sections, slabs
 from pipeline.geometry import Box, Triple
 from pipeline.plan import BlockPlan
-from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, default_block, default_chunk
+from pipeline.seams import DEFAULT_HALO
+from pipeline.superresolve import DEFAULT_TILE, default_block, default_chunk
 from pipeline.tiles import TileLattice, round_up
 
 REALISTIC_LR = ((64, 8192, 8192), (64, 5000, 7000))
