@@ -136,12 +136,15 @@ def seam_psnr(predictor: Predictor, sections: np.ndarray, tile: int, halo: int) 
 def validate_halo(
     model: EMSR, sections: np.ndarray, tile: int = MEASURE_TILE, start: int = 0
 ) -> HaloValidation:
-    """Measure window-aligned halos from `start` up, stopping at the first that passes."""
+    """Measure window-aligned halos from `start` up (to `HALO_LIMIT`, or `start` if larger),
+    stopping at the first that passes. On the CPU in float32: the seams of the weights, not
+    of a reduced precision."""
     started = time.perf_counter()
     predictor = Predictor(model, device="cpu", batch_size=1)
     window = model.config.window
+    first = round_up(start, window)
     checks = []
-    for halo in range(round_up(start, window), HALO_LIMIT + 1, window):
+    for halo in range(first, max(first, HALO_LIMIT) + 1, window):
         checks.append(SeamCheck(halo, seam_psnr(predictor, sections, tile, halo)))
         if checks[-1].passes:
             break

@@ -19,12 +19,14 @@ from flows.params import TrainParams
 from flows.train import train_flow
 from pipeline.errors import PlanError
 from pipeline.seams import (
+    HALO_LIMIT,
     MEASURE_TILE,
     SEAM_BAND,
     SEAM_TARGET_DB,
     sample_sections,
     seam_mask,
     seam_psnr,
+    validate_halo,
 )
 from pipeline.superresolve import SuperResolveRequest, prepare
 from pipeline.tiles import TileLattice
@@ -133,3 +135,11 @@ def test_the_seams_are_the_band_around_interior_core_boundaries():
     columns = np.flatnonzero(mask[0]) // 2
     assert sorted(set(columns)) == [*range(64 - SEAM_BAND, 64 + SEAM_BAND),
                                     *range(128 - SEAM_BAND, 128 + SEAM_BAND)]  # fmt: skip
+
+
+def test_a_halo_past_the_search_limit_is_checked_not_skipped(checkpoint_dir, phantom):
+    model = read_checkpoint(checkpoint_dir).model
+    section = UINT8.normalize(phantom.lr[:1, :64, :64])
+    validation = validate_halo(model, section, tile=32, start=HALO_LIMIT + 4)
+    assert [check.halo for check in validation.checks] == [HALO_LIMIT + 4]
+    assert validation.passing is not None
