@@ -29,8 +29,10 @@ import psutil
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 
+from flows.server import DEFAULT_START_TIMEOUT_S
+
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-SERVER_START_TIMEOUT_S = 90.0
+SERVER_START_TIMEOUT_S = DEFAULT_START_TIMEOUT_S  # what a loaded machine needs, as for the CLI
 STOP_TIMEOUT_S = 20.0
 SERVER_LOG = "server.log"
 LOG_TAIL_CHARS = 4000
