@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
-from cloudvolume import CloudVolume
 
 from pipeline.errors import VolumeError
 from pipeline.geometry import Triple
@@ -160,6 +159,8 @@ class _CloudVolumeChunks:
     def __call__(self, domain: ts.IndexDomain, array: np.ndarray, _params: object) -> None:
         volume = getattr(self._local, "volume", None)
         if volume is None:
+            from cloudvolume import CloudVolume  # imported only where such a volume is read
+
             volume = self._local.volume = CloudVolume(
                 self.cloudpath, mip=0, fill_missing=True, progress=False, parallel=1
             )
