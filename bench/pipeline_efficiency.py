@@ -63,7 +63,7 @@ from emsr.checkpoint import read_checkpoint, save_checkpoint
 from emsr.inference import Predictor
 from emsr.network import build_model
 from emsr.phantom import PhantomSpec, make_phantom
-from pipeline.block import block_slabs, cached_predictor, process_block, start_lr_read
+from pipeline.block import block_slabs, cached_predictor, process_block, slab_cover, start_lr_read
 from pipeline.superresolve import PreparedRun, SuperResolveRequest, prepare, super_resolve
 from pipeline.tiles import cut_tiles, round_up
 from pipeline.volumes import open_volume, write_array
@@ -107,10 +107,9 @@ def run_tiles(run: PreparedRun) -> list[np.ndarray]:
     source = open_volume(run.task.input_url)
     lattice, intensity = run.task.lattice, run.task.intensity
     calls = []
-    for index in run.plan.indices():
-        box, chunk_box = run.plan.block_box(index), run.plan.chunk_box(index)
-        for part, _ in block_slabs(run.task, box, chunk_box, run.output.info.chunk[0]):
-            cover = lattice.cover(part.in_plane_footprint(run.task.scale))
+    for block in run.plan.blocks():
+        for part in block_slabs(run.task, block.write, run.output.info.chunk[0]):
+            cover = slab_cover(block, part, lattice.halo)
             raw = start_lr_read(source, cover, lattice).result()
             calls.append(cut_tiles(intensity.normalize(raw), lattice))
     return calls
@@ -161,8 +160,8 @@ def in_process_pass(run: PreparedRun, threads: int) -> Clock:
     task = run.task
     cached_predictor(task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size)
     with Clock() as clock:
-        for index in run.plan.indices():
-            process_block(task, run.plan.block_box(index), run.plan.chunk_box(index))
+        for block in run.plan.blocks():
+            process_block(task, block)
     return clock
 
 

@@ -57,12 +57,12 @@ def plan_redundancy(lr_shape: Triple, scale: int, tile: int, halo: int, batch: i
     lattice = TileLattice.for_section((y, x), tile, halo)
     tile_pixels = lattice.input_shape[0] * lattice.input_shape[1]
     computed = padded = needed = 0
-    for index in plan.indices():
-        box = plan.block_box(index)
+    for block in plan.blocks():
+        box = block.write
         needed += box.in_plane_footprint(scale).size
         rows, columns = lattice.index_range(box.in_plane_footprint(scale))
         depth = slab_sections(len(rows) * len(columns), chunk[0], batch)
-        for part, _ in slabs(box, plan.chunk_box(index), depth):
+        for part in slabs(box, depth):
             tiles = part.shape[0] * len(rows) * len(columns)
             computed += tiles * tile_pixels
             padded += round_up(tiles, batch) * tile_pixels

@@ -12,8 +12,8 @@ from flows.params import VolumeURL
 from flows.progress import ProgressReport
 from flows.states import fail_on_user_error
 from pipeline.audit import FRC_SECTIONS, PSNR_IDENTICAL_DB, AuditRequest, AuditResult, audit
+from pipeline.geometry import Triple
 
-Triple = tuple[int, int, int]
 TABLE_ROWS = 500  # the UI table lists this many blocks, the worst first
 
 

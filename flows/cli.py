@@ -29,6 +29,7 @@ QUIET_DASK_LOGGING = {
     "distributed": "warning",
     "distributed.worker": "critical",
     "distributed.worker.memory": "warning",
+    "distributed.nanny": "error",  # "still alive after 4 s, killing" on loaded machines
 }
 
 

@@ -16,8 +16,7 @@ from flows.phantom import write_phantom
 from flows.states import fail_on_user_error, run_subflow
 from flows.super_resolve import super_resolve_flow
 from flows.train import train_flow
-
-Triple = tuple[int, int, int]
+from pipeline.geometry import Triple
 
 
 class DemoParams(BaseModel):

@@ -10,12 +10,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, PlainSerializer, model_validator
 
-from pipeline.geometry import Box
+from pipeline.geometry import Box, Triple
 from pipeline.superresolve import DEFAULT_TILE, SuperResolveRequest
 from pipeline.urls import redact
 from pipeline.world import WorldBox
 
-Triple = tuple[int, int, int]
 VolumeURL = Annotated[str, PlainSerializer(redact, return_type=str, when_used="json")]
 """A volume URL whose credentials stay out of JSON: Prefect stores flow-run parameters (in
 its database, shown in its UI) as JSON, so only the in-process value keeps them."""

@@ -22,6 +22,7 @@ from emsr.errors import CheckpointError, DataError
 from emsr.inference import Predictor
 from emsr.intensity import IntensityRange
 from pipeline.geometry import Box
+from pipeline.plan import PlannedBlock
 from pipeline.tiles import TileLattice, cut_tiles, read_window_indices, stitch_cores
 from pipeline.volumes import Volume, open_volume
 
@@ -101,30 +102,31 @@ def slab_sections(tiles_per_section: int, chunk_sections: int, batch_size: int) 
     return chunk_sections * chunks
 
 
-def slabs(box: Box, chunk_box: Box, sections: int) -> list[tuple[Box, Box]]:
-    """(compute box, write box) for each z-slab of `sections` sections that `box` meets.
+def slabs(write: Box, sections: int) -> list[Box]:
+    """The z-slabs of `sections` sections (the last one shorter) of the HR `write` box.
 
     Working slab by slab lets the next slab's read and the last slab's write overlap the
-    model's compute. `sections` is a whole number of chunks in z, so the write box spans whole
-    chunks; the compute box is its part inside `box` (smaller only where an ROI cuts it).
+    model's compute. `sections` is a whole number of chunks in z and `write` starts on a
+    chunk, so every slab spans whole chunks.
     """
-    steps = []
-    z = chunk_box.begin[0] + (box.begin[0] - chunk_box.begin[0]) // sections * sections
-    while z < box.end[0]:
-        end = min(z + sections, chunk_box.end[0])
-        write = Box((z, *chunk_box.begin[1:]), (end, *chunk_box.end[1:]))  # type: ignore[arg-type]
-        steps.append((write.intersect(box), write))
-        z = end
-    return steps
+    starts = range(write.begin[0], write.end[0], sections)
+    return [
+        Box((z, *write.begin[1:]), (min(z + sections, write.end[0]), *write.end[1:]))  # type: ignore[arg-type]
+        for z in starts
+    ]
 
 
-def block_slabs(
-    task: BlockTask, box: Box, chunk_box: Box, chunk_sections: int
-) -> list[tuple[Box, Box]]:
-    """The slabs `process_block` works through for the HR `box`."""
-    rows, columns = task.lattice.index_range(box.in_plane_footprint(task.scale))
+def block_slabs(task: BlockTask, write: Box, chunk_sections: int) -> list[Box]:
+    """The slabs `process_block` works through for the HR `write` box."""
+    rows, columns = task.lattice.index_range(write.in_plane_footprint(task.scale))
     depth = slab_sections(len(rows) * len(columns), chunk_sections, task.batch_size)
-    return slabs(box, chunk_box, depth)
+    return slabs(write, depth)
+
+
+def slab_cover(block: PlannedBlock, slab: Box, halo: int) -> Box:
+    """The tile cores (LR, no halo) of the block's read box within the z-range of `slab`."""
+    cover = block.read.grow((0, -halo, -halo))
+    return Box((slab.begin[0], *cover.begin[1:]), (slab.end[0], *cover.end[1:]))  # type: ignore[arg-type]
 
 
 def super_resolve_region(
@@ -147,37 +149,28 @@ def compute_box(
     return task.intensity.denormalize(sr[box.shift(_negate(origin)).slices()], dtype)
 
 
-def process_block(task: BlockTask, box: Box, chunk_box: Box) -> BlockOutcome:
-    """Super-resolve the HR `box` of the output and write it; returns once every write is
-    durable, so the caller may mark the block done.
-
-    `chunk_box` is the block's chunk-aligned region. Where an ROI cuts the block, the chunks
-    it touches are read back, updated inside the ROI and rewritten whole (this block is their
-    only writer), so writes never cut a chunk.
-    """
+def process_block(task: BlockTask, block: PlannedBlock) -> BlockOutcome:
+    """Super-resolve the block's HR write box (whole chunks) from its LR read box and write
+    it; returns once every write is durable, so the caller may mark the block done."""
     started = time.perf_counter()
     source, target = cached_volume(task.input_url), cached_volume(task.output_url)
     predictor = cached_predictor(
         task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size
     )
-    steps = block_slabs(task, box, chunk_box, target.info.chunk[0])
-    covers = [task.lattice.cover(part.in_plane_footprint(task.scale)) for part, _ in steps]
+    steps = block_slabs(task, block.write, target.info.chunk[0])
+    covers = [slab_cover(block, slab, task.lattice.halo) for slab in steps]
     pending = start_lr_read(source, covers[0], task.lattice)
     writes = []
-    for index, ((part, whole), cover) in enumerate(zip(steps, covers, strict=True)):
+    for index, (slab, cover) in enumerate(zip(steps, covers, strict=True)):
         raw = pending.result()
         if index + 1 < len(steps):
             pending = start_lr_read(source, covers[index + 1], task.lattice)
-        result = compute_box(task, predictor, raw, cover, part, target.info.dtype)
-        if part != whole:
-            merged = target.read(whole.slices())
-            merged[part.shift(_negate(whole.begin)).slices()] = result
-            result = merged
-        writes.append(target.write_async(whole.slices(), result))
+        result = compute_box(task, predictor, raw, cover, slab, target.info.dtype)
+        writes.append(target.write_async(slab.slices(), result))
     for write in writes:
         write.commit.result()
-    computed = sum(task.lattice.computed_pixels(p.in_plane_footprint(task.scale)) for p, _ in steps)
-    return BlockOutcome(box, box.size, computed, time.perf_counter() - started)
+    computed = sum(task.lattice.computed_pixels(s.in_plane_footprint(task.scale)) for s in steps)
+    return BlockOutcome(block.write, block.write.size, computed, time.perf_counter() - started)
 
 
 def _negate(offset: tuple[int, int, int]) -> tuple[int, int, int]:

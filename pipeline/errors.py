@@ -20,4 +20,11 @@ class ClusterError(EMSRError):
 
 
 class BlockFailedError(EMSRError):
-    """Blocks that still failed after their bounded retries."""
+    """Blocks that still failed after their bounded retries; `failed` lists each of them."""
+
+    def __init__(self, message: str, failed: list | None = None) -> None:
+        super().__init__(message)
+        self.failed = failed or []
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.failed))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pipeline.errors import PlanError
 
 Triple = tuple[int, int, int]
+"""(z, y, x) voxels: shapes, offsets, chunk and block sizes."""
 
 
 def parse_triple(text: str, name: str) -> Triple:
@@ -80,10 +81,40 @@ class Box:
     def slices(self) -> tuple[slice, slice, slice]:
         return tuple(slice(b, e) for b, e in zip(self.begin, self.end))  # type: ignore[return-value]
 
+    def grow(self, amount: Triple) -> Box:
+        """The box widened by `amount` on every side (a halo); negative shrinks."""
+        return Box(
+            tuple(b - a for b, a in zip(self.begin, amount)),  # type: ignore[arg-type]
+            tuple(e + a for e, a in zip(self.end, amount)),  # type: ignore[arg-type]
+        )
+
+    def snap_out(self, grid: Triple, origin: Triple = (0, 0, 0)) -> Box:
+        """The smallest box of whole `grid` cells (anchored at `origin`) containing this one."""
+        begin = (o + (b - o) // g * g for b, g, o in zip(self.begin, grid, origin))
+        end = (o - (-(e - o) // g) * g for e, g, o in zip(self.end, grid, origin))
+        return Box(tuple(begin), tuple(end))  # type: ignore[arg-type]
+
+    def scale_up(self, factor: Triple) -> Box:
+        """The same region on a grid `factor` times finer (LR → HR)."""
+        return Box(
+            tuple(b * f for b, f in zip(self.begin, factor)),  # type: ignore[arg-type]
+            tuple(e * f for e, f in zip(self.end, factor)),  # type: ignore[arg-type]
+        )
+
+    def scale_down(self, factor: Triple) -> Box:
+        """The box of the coarser grid (`factor` times; HR → LR) whose voxels cover this one."""
+        return Box(
+            tuple(b // f for b, f in zip(self.begin, factor)),  # type: ignore[arg-type]
+            tuple(-(-e // f) for e, f in zip(self.end, factor)),  # type: ignore[arg-type]
+        )
+
+    def relative_to(self, origin: Triple) -> Box:
+        """This box in the coordinates of an array that starts at `origin`."""
+        return self.shift(tuple(-o for o in origin))  # type: ignore[arg-type]
+
     def in_plane_footprint(self, scale: int) -> Box:
         """The LR box whose pixels the HR box `self` is made from (z unchanged)."""
-        (z0, y0, x0), (z1, y1, x1) = self.begin, self.end
-        return Box((z0, y0 // scale, x0 // scale), (z1, -(-y1 // scale), -(-x1 // scale)))
+        return self.scale_down((1, scale, scale))
 
     def __str__(self) -> str:
         return ",".join(f"{b}:{e}" for b, e in zip(self.begin, self.end))

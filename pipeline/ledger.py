@@ -6,6 +6,12 @@ never a marked block unwritten. The ledger lives under a path named by the hash 
 everything that determines the output's values (input, checkpoint, tile lattice,
 normalisation, block grid), so a changed configuration can never reuse another's marks.
 Only the client writes it, so workers never race on its chunks.
+
+A block cut by an ROI writes only its chunks that meet the ROI; it is recorded as a part
+(block index and written box) in a small JSON record of its own run, next to the ledger.
+Each run writes only its own record, so concurrent runs over different ROIs never overwrite
+each other's marks; a later run skips a cut block whose needed box one record covers.
+Flushing merges with the stored marks, so a concurrent run's marks are kept too.
 """
 
 from __future__ import annotations
@@ -13,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorstore as ts
 
+from pipeline.geometry import Box
 from pipeline.omezarr import ARRAY_PATH
+from pipeline.plan import PlannedBlock
 from pipeline.urls import child_kvstore, parse_volume_url
 
 LEDGER_DIR = "emsr_ledger"
@@ -43,13 +52,19 @@ def configuration_hash(configuration: dict) -> str:
 
 
 class DoneLedger:
-    """Which blocks of one configuration are durably written."""
+    """Which blocks (or parts of ROI-cut blocks) of one configuration are durably written."""
 
-    def __init__(self, store: ts.TensorStore, flush_seconds: float = 2.0) -> None:
-        self.store = store
+    def __init__(
+        self, store: ts.TensorStore, parts: ts.KvStore, flush_seconds: float = 2.0
+    ) -> None:
+        self.store, self.parts_store = store, parts
         self.done = store.read().result()
+        self.parts = _read_parts(parts)
         self.flush_seconds = flush_seconds
+        self._record = f"{uuid.uuid4().hex}.json"
+        self._own_parts: dict[int, list[Box]] = {}
         self._dirty: set[int] = set()
+        self._parts_dirty = False
         self._last_flush = time.monotonic()
 
     @classmethod
@@ -68,31 +83,57 @@ class DoneLedger:
                 "fill_value": 0,
             },
         }
-        return cls(ts.open(spec, open=True, create=True).result())
+        parts = ts.KvStore.open(child_kvstore(output, f"{LEDGER_DIR}/{key[:24]}-parts")).result()
+        return cls(ts.open(spec, open=True, create=True).result(), parts)
 
     @property
     def done_count(self) -> int:
         return int(np.count_nonzero(self.done))
 
-    def is_done(self, index: int) -> bool:
-        return bool(self.done[index])
+    def is_done(self, block: PlannedBlock) -> bool:
+        """Whether the block's write box is durably written: the whole block, or one recorded
+        part that covers it."""
+        if self.done[block.index]:
+            return True
+        return any(part.contains(block.write) for part in self.parts.get(block.index, ()))
 
-    def pending(self, indices: Iterable[int]) -> Iterator[int]:
-        return (i for i in indices if not self.done[i])
+    def pending(self, blocks: Iterable[PlannedBlock]) -> Iterator[PlannedBlock]:
+        return (block for block in blocks if not self.is_done(block))
 
-    def mark_done(self, index: int) -> None:
+    def mark_done(self, block: PlannedBlock) -> None:
         """Record a durably written block; persisted in batches (see `flush`)."""
-        self.done[index] = 1
-        self._dirty.add(index // LEDGER_CHUNK)
+        if block.whole:
+            self.done[block.index] = 1
+            self._dirty.add(block.index // LEDGER_CHUNK)
+        else:
+            self.parts.setdefault(block.index, []).append(block.write)
+            self._own_parts.setdefault(block.index, []).append(block.write)
+            self._parts_dirty = True
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
-        """Write every ledger chunk with new marks; called periodically and at the end."""
+        """Write every ledger chunk with new marks (merged with the stored ones, so marks of a
+        concurrent run stay) and this run's part record; periodically and at the end."""
         size = len(self.done)
         spans = [(c * LEDGER_CHUNK, min(size, (c + 1) * LEDGER_CHUNK)) for c in sorted(self._dirty)]
+        for a, b in spans:
+            self.done[a:b] |= self.store[a:b].read().result()
         writes = [self.store[a:b].write(self.done[a:b]) for a, b in spans]
+        if self._parts_dirty:
+            record = [[i, str(box)] for i, boxes in self._own_parts.items() for box in boxes]
+            writes.append(self.parts_store.write(self._record, json.dumps(record).encode()))
         for write in writes:
             write.result()
         self._dirty.clear()
+        self._parts_dirty = False
         self._last_flush = time.monotonic()
+
+
+def _read_parts(store: ts.KvStore) -> dict[int, list[Box]]:
+    """Every run's recorded parts of ROI-cut blocks: block index → written boxes."""
+    parts: dict[int, list[Box]] = {}
+    for key in store.list().result():
+        for index, box in json.loads(store.read(key).result().value):
+            parts.setdefault(index, []).append(Box.parse(box))
+    return parts

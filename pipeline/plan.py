@@ -2,8 +2,10 @@
 
 A block's write region is a whole number of output chunks (or shards), so no two blocks
 ever write parts of the same chunk — the cause of silent data loss in concurrent chunked
-writes. Blocks are generated lazily from their index, so a plan of 10⁶ blocks costs nothing
-until it is walked.
+writes. An ROI is widened to whole chunks for the same reason: two runs over neighbouring
+ROIs may both write a chunk they share, but whole and with the same values, never one
+run's stale copy over the other's. Blocks are generated lazily from their index, so a plan
+of 10⁷ blocks costs nothing until it is walked.
 """
 
 from __future__ import annotations
@@ -25,13 +27,38 @@ def aligned_suggestions(block: Triple, chunk: Triple) -> str:
 
 
 @dataclass(frozen=True)
+class PlannedBlock:
+    """One block as the worker needs it: where it reads and where it writes.
+
+    index: the block's position in the plan (z-major), its key in the done ledger.
+    write: the HR region it computes and writes, whole output chunks (cut only at the
+        volume's edge); with an ROI, only the chunks of the block that meet the ROI.
+    read: the LR region it reads, tile cores covering `write` plus the halo; it may reach
+        beyond the volume, where pixels are mirrored.
+    whole: whether `write` is the block's full region, so the ledger can mark it done.
+    """
+
+    index: int
+    write: Box
+    read: Box
+    whole: bool
+
+
+@dataclass(frozen=True)
 class BlockPlan:
-    """Blocks of `block` voxels over the output `volume`, restricted to `roi` if given."""
+    """Blocks of `block` voxels over the output `volume`, restricted to `roi` if given.
+
+    scale, tile and halo say how HR writes map to LR reads: the output is `scale` times finer
+    in y and x, and the model reads whole LR tile cores of `tile` (y, x) pixels plus `halo`.
+    """
 
     volume: Box
     block: Triple
     chunk: Triple
     roi: Box | None = None
+    scale: int = 1
+    tile: tuple[int, int] = (1, 1)
+    halo: int = 0
 
     def __post_init__(self) -> None:
         if any(b % c for b, c in zip(self.block, self.chunk)):
@@ -54,22 +81,34 @@ class BlockPlan:
     def block_count(self) -> int:
         return prod(self.grid)
 
-    def chunk_box(self, index: int) -> Box:
-        """Block `index`'s whole-chunk region: its full box cut only to the volume."""
+    @property
+    def written_region(self) -> Box:
+        """What the plan writes: the volume, or the ROI widened to whole chunks."""
+        if self.roi is None:
+            return self.volume
+        return self.roi.snap_out(self.chunk, self.volume.begin).intersect(self.volume)
+
+    def full_box(self, index: int) -> Box:
+        """Block `index`'s whole region, cut only to the volume."""
         _, gy, gx = self.grid
         position = (index // (gy * gx), index // gx % gy, index % gx)
         begin = tuple(v + p * b for v, p, b in zip(self.volume.begin, position, self.block))
         return Box.from_shape(self.block, begin).intersect(self.volume)  # type: ignore[arg-type]
 
-    def block_box(self, index: int) -> Box:
-        """The region block `index` writes: its box cut to the volume and to the ROI."""
-        box = self.chunk_box(index)
-        return box.intersect(self.roi) if self.roi is not None else box
+    def read_box(self, write: Box) -> Box:
+        """The LR pixels the HR `write` box is computed from: whole tile cores plus the halo."""
+        footprint = write.scale_down((1, self.scale, self.scale))
+        return footprint.snap_out((1, *self.tile)).grow((0, self.halo, self.halo))
 
-    def is_whole(self, index: int) -> bool:
-        """Whether the ROI leaves the block's in-volume box uncut: only such blocks can be
-        recorded as done, since a later run with another ROI needs all of them."""
-        return self.roi is None or self.roi.contains(self.chunk_box(index))
+    def planned(self, index: int) -> PlannedBlock:
+        """Block `index` with its read and write boxes; no I/O."""
+        full = self.full_box(index)
+        write = full.intersect(self.written_region)
+        return PlannedBlock(index, write, self.read_box(write), write == full)
+
+    def blocks(self) -> Iterator[PlannedBlock]:
+        """The blocks that meet the ROI, in z-major order, lazily."""
+        return (self.planned(index) for index in self.indices())
 
     def indices(self) -> Iterator[int]:
         """Indices of the blocks that meet the ROI, in z-major order, lazily."""

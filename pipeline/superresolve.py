@@ -17,7 +17,7 @@ from emsr.checkpoint import Checkpoint, read_checkpoint
 from emsr.intensity import IntensityRange
 from pipeline.block import BlockTask
 from pipeline.cluster import check_cluster, connect
-from pipeline.dispatch import Dispatcher, RunProgress, RunReport, raise_for_failures
+from pipeline.dispatch import WORKER_WAIT_S, Dispatcher, RunProgress, RunReport, raise_for_failures
 from pipeline.errors import LedgerError, PlanError, VolumeError
 from pipeline.geometry import Box, Triple
 from pipeline.ledger import DoneLedger, configuration_hash
@@ -59,6 +59,9 @@ class SuperResolveRequest:
     device: str = "auto"
     batch_size: int = 4
     retries: int = 2
+    max_failures: int | None = None
+    block_timeout: float | None = None
+    worker_wait: float = WORKER_WAIT_S
     overwrite: bool = False
     slurm_config: Path | None = None
 
@@ -188,7 +191,6 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     chunk = request.chunk or default_chunk(output_shape)
     write_unit = request.shard or chunk
     block = request.block or default_block(write_unit, scale, request.tile)
-    plan = BlockPlan(Box.from_shape(output_shape), block, write_unit, request.roi)
     intensity = choose_intensity(source, request.normalization)
     halo = choose_halo(
         request.halo, checkpoint, request.tile,
@@ -196,6 +198,10 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     )  # fmt: skip
     window = checkpoint.model.config.window
     lattice = TileLattice.for_section((y, x), request.tile, halo, window)
+    plan = BlockPlan(
+        Box.from_shape(output_shape), block, write_unit, request.roi,
+        scale=scale, tile=lattice.core, halo=lattice.halo,
+    )  # fmt: skip
     configuration = {
         "input": redact(request.input_url),
         "checkpoint_sha256": checkpoint.sha256,
@@ -233,11 +239,10 @@ def super_resolve(
     run = prepare(request)
     ledger = DoneLedger.open(request.output_url, run.key, run.plan.block_count)
     if run.plan.roi is None:
-        indices, skipped = range(run.plan.block_count), ledger.done_count
+        total, skipped = run.plan.block_count, ledger.done_count
     else:
-        indices = list(run.plan.indices())
-        skipped = int(np.count_nonzero(ledger.done[np.asarray(indices)]))
-    total = len(indices)
+        total = sum(1 for _ in run.plan.indices())
+        skipped = sum(ledger.is_done(block) for block in run.plan.blocks())
     if on_start:
         on_start(total, skipped)
     if skipped == total:
@@ -248,9 +253,13 @@ def super_resolve(
         threads_per_worker=request.threads_per_worker,
         slurm_config=request.slurm_config,
     ) as client:
-        dispatcher = Dispatcher(client, run.task, run.plan, ledger, retries=request.retries)
-        report = dispatcher.run(ledger.pending(indices), total, skipped, on_progress)
-    raise_for_failures(report, run.plan)
+        dispatcher = Dispatcher(
+            client, run.task, run.plan, ledger, retries=request.retries,
+            max_failures=request.max_failures, block_timeout=request.block_timeout,
+            worker_wait=request.worker_wait,
+        )  # fmt: skip
+        report = dispatcher.run(ledger.pending(run.plan.blocks()), total, skipped, on_progress)
+    raise_for_failures(report)
     return report
 
 

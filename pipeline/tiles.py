@@ -61,12 +61,7 @@ class TileLattice:
 
     def cover(self, footprint: Box) -> Box:
         """The LR box of whole tile cores covering `footprint`."""
-        rows, columns = self.index_range(footprint)
-        ty, tx = self.core
-        return Box(
-            (footprint.begin[0], rows.start * ty, columns.start * tx),
-            (footprint.end[0], rows.stop * ty, columns.stop * tx),
-        )
+        return footprint.snap_out((1, *self.core))
 
     def computed_pixels(self, footprint: Box) -> int:
         """LR pixels the model processes for `footprint` (halos included): the cost side of

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.block import BlockOutcome, BlockTask, process_block
 from pipeline.geometry import Box
+from pipeline.plan import PlannedBlock
 from pipeline.volumes import open_volume
 
 
@@ -53,11 +54,11 @@ def attempts(record_dir: str | Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in Path(record_dir).glob("block-*")}
 
 
-def write_garbage_into_first_chunk(task: BlockTask, chunk_box: Box) -> Box:
+def write_garbage_into_first_chunk(task: BlockTask, write: Box) -> Box:
     """Overwrite the block's first output chunk with noise, as a write cut short would."""
     target = open_volume(task.output_url)
-    first = Box.from_shape(target.info.chunk, chunk_box.begin).intersect(chunk_box)
-    rng = np.random.default_rng(list(_digest(chunk_box)[:8]))
+    first = Box.from_shape(target.info.chunk, write.begin).intersect(write)
+    rng = np.random.default_rng(list(_digest(write)[:8]))
     limit = np.iinfo(target.info.dtype).max if target.info.dtype.kind == "u" else 1.0
     garbage = (rng.random(first.shape) * limit).astype(target.info.dtype)
     target.write(first.slices(), garbage)
@@ -77,11 +78,12 @@ class FaultyBlocks:
     rate: float = 0.0
     always_failing: Box | None = None
 
-    def __call__(self, task: BlockTask, box: Box, chunk_box: Box) -> BlockOutcome:
+    def __call__(self, task: BlockTask, block: PlannedBlock) -> BlockOutcome:
+        box = block.write
         earlier = record_attempt(self.record_dir, box)
         if box == self.always_failing or (earlier == 0 and picked(box, self.rate)):
             if fault_kind(box) == "read":
                 raise OSError(f"injected read error in block {box}")
-            chunk = write_garbage_into_first_chunk(task, chunk_box)
+            chunk = write_garbage_into_first_chunk(task, box)
             raise OSError(f"injected write error after a partial write of {chunk}")
-        return process_block(task, box, chunk_box)
+        return process_block(task, block)

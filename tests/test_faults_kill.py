@@ -217,7 +217,7 @@ def test_a_killed_run_keeps_only_correct_blocks_and_a_rerun_finishes_it(
     assert BLOCK_COUNT // 2 <= len(done) < BLOCK_COUNT
     written = read_all(output)
     plan = BlockPlan(Box.from_shape(HR_SHAPE), BLOCK, BLOCK)
-    wrong = [i for i in done if not np.array_equal(*(a[plan.block_box(i).slices()]
+    wrong = [i for i in done if not np.array_equal(*(a[plan.planned(i).write.slices()]
                                                      for a in (written, reference)))]  # fmt: skip
     assert not wrong, f"blocks {wrong} are marked done but hold other data"
 

@@ -25,14 +25,34 @@ def test_in_plane_footprint_covers_every_hr_pixel():
     assert Box((2, 5, 6), (4, 11, 12)).in_plane_footprint(3) == Box((2, 1, 2), (4, 4, 4))
 
 
+def test_box_arithmetic_grows_snaps_and_scales():
+    box = Box((1, 5, 6), (3, 11, 17))
+    assert box.grow((0, 2, 3)) == Box((1, 3, 3), (3, 13, 20))
+    assert box.snap_out((2, 4, 8)) == Box((0, 4, 0), (4, 12, 24))
+    assert box.snap_out((1, 4, 4), origin=(0, 1, 2)) == Box((1, 5, 6), (3, 13, 18))
+    assert box.scale_up((1, 2, 2)) == Box((1, 10, 12), (3, 22, 34))
+    assert box.scale_up((1, 2, 2)).scale_down((1, 2, 2)) == box
+    assert box.relative_to((1, 5, 6)) == Box.from_shape(box.shape)
+
+
+def test_planned_block_carries_its_lr_read_box_and_hr_write_box():
+    plan = BlockPlan(
+        Box.from_shape((4, 200, 128)), (2, 64, 64), (1, 32, 32), scale=2, tile=(16, 24), halo=4
+    )
+    block = plan.planned(3 * 2 + 1)  # z 0, y 3 (the edge: 192:200), x 1
+    assert block.write == Box((0, 192, 64), (2, 200, 128)) and block.whole
+    # LR footprint 96:100, 32:64 → whole tile cores 96:112, 24:72 → plus the halo.
+    assert block.read == Box((0, 92, 20), (2, 116, 76))
+
+
 def test_blocks_tile_the_volume_and_are_clipped_at_its_edge():
     plan = BlockPlan(Box.from_shape((5, 100, 70)), (2, 64, 64), (1, 32, 32))
     assert plan.grid == (3, 2, 2) and plan.block_count == 12
     covered = np.zeros((5, 100, 70), int)
-    for index in plan.indices():
-        covered[plan.block_box(index).slices()] += 1
+    for block in plan.blocks():
+        covered[block.write.slices()] += 1
     assert (covered == 1).all()
-    assert plan.block_box(11) == Box((4, 64, 64), (5, 100, 70))
+    assert plan.planned(11).write == Box((4, 64, 64), (5, 100, 70))
 
 
 def test_misaligned_blocks_are_refused_naming_aligned_sizes():
@@ -40,14 +60,14 @@ def test_misaligned_blocks_are_refused_naming_aligned_sizes():
         BlockPlan(Box.from_shape((8, 1024, 1024)), (8, 300, 300), (1, 256, 256))
 
 
-def test_roi_selects_only_the_blocks_it_meets():
+def test_roi_selects_the_blocks_it_meets_and_writes_only_their_chunks_it_meets():
     plan = BlockPlan(
         Box.from_shape((4, 128, 128)), (2, 64, 64), (1, 32, 32), Box((0, 70, 0), (2, 80, 64))
     )
     assert list(plan.indices()) == [2]
-    assert plan.block_box(2) == Box((0, 70, 0), (2, 80, 64))
-    assert plan.chunk_box(2) == Box((0, 64, 0), (2, 128, 64))
-    assert not plan.is_whole(2)
+    block = plan.planned(2)
+    assert plan.full_box(2) == Box((0, 64, 0), (2, 128, 64))
+    assert block.write == Box((0, 64, 0), (2, 96, 64)) and not block.whole
 
 
 def test_roi_outside_the_volume_is_refused():
@@ -58,7 +78,7 @@ def test_roi_outside_the_volume_is_refused():
 def test_plan_of_a_million_blocks_is_lazy():
     plan = BlockPlan(Box.from_shape((1000, 100_000, 100_000)), (1, 10_000, 1_000), (1, 1000, 1000))
     assert plan.block_count == 1_000_000
-    assert plan.block_box(999_999) == Box((999, 90_000, 99_000), (1000, 100_000, 100_000))
+    assert plan.planned(999_999).write == Box((999, 90_000, 99_000), (1000, 100_000, 100_000))
 
 
 def test_lattice_shrinks_to_small_sections_and_keeps_window_alignment():

@@ -110,16 +110,6 @@ def test_one_relative_input_path_in_two_directories_is_two_configurations(
         run("lr.zarr", output, checkpoint_dir, cluster_address)
 
 
-def test_roi_writes_nothing_outside_it(lr_url, checkpoint_dir, cluster_address, tmp_path):
-    full = run(lr_url, tmp_path / "full.zarr", checkpoint_dir, cluster_address)
-    roi = Box((1, 10, 20), (4, 70, 100))
-    part = run(lr_url, tmp_path / "roi.zarr", checkpoint_dir, cluster_address, roi=roi)
-    inside = np.zeros(part.shape, bool)
-    inside[roi.slices()] = True
-    assert np.array_equal(part[inside], full[inside])
-    assert not part[~inside].any()
-
-
 def test_precomputed_and_zarr_outputs_agree_through_independent_readers(
     lr_url, checkpoint_dir, cluster_address, tmp_path
 ):
