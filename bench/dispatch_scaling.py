@@ -2,12 +2,14 @@
 a real `DoneLedger`: milliseconds per block and the client's peak memory; and the time to plan
 and enumerate a 10⁶-block plan.
 
-    python bench/dispatch_scaling.py [--blocks 100000] [--workers 2] [--window W] [--quick]
+    python bench/dispatch_scaling.py [--blocks 100000] [--plan-blocks 10000000] [--quick]
 
 Every block runs `noop_block`, so all the time measured is dispatch: pickling and submitting
 the task, the scheduler's round trip, the worker's bookkeeping, fetching the result, marking
-the ledger. The dispatch runs twice: timed over `--blocks`, with this process's RSS sampled
-every 20 ms in a thread; then over `--traced-blocks` under tracemalloc (which slows Python
+the ledger. The dispatch runs three times: timed over `--blocks`, with this process's RSS
+sampled every 20 ms in a thread; over the first `--memory-blocks` blocks of a plan of
+`--plan-blocks` (10⁷) blocks, RSS sampled the same way (the plan and the ledger's marks are
+sized by the whole plan); then over `--traced-blocks` under tracemalloc (which slows Python
 down, so that run's time is reported apart). `client_rss_peak_mib_by_quarter` shows whether
 memory levels off or keeps growing with the blocks dispatched. LocalCluster runs its
 scheduler inside this process, so the RSS includes the scheduler's memory (and its bounded
@@ -28,6 +30,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +45,7 @@ from pipeline.cluster import connect
 from pipeline.dispatch import Dispatcher
 from pipeline.geometry import Box
 from pipeline.ledger import DoneLedger, configuration_hash
-from pipeline.plan import BlockPlan
+from pipeline.plan import BlockPlan, PlannedBlock
 from pipeline.tiles import TileLattice
 
 BLOCK, CHUNK = (16, 2048, 2048), (1, 512, 512)
@@ -59,9 +62,9 @@ def machine() -> dict:
     }  # fmt: skip
 
 
-def noop_block(task: BlockTask, box: Box, chunk_box: Box) -> BlockOutcome:
+def noop_block(task: BlockTask, block: PlannedBlock) -> BlockOutcome:
     """Stands in for `process_block`: returns at once, so only dispatch is measured."""
-    return BlockOutcome(box, box.size, 0, 0.0)
+    return BlockOutcome(block.write, block.write.size, 0, 0.0)
 
 
 def grid_plan(blocks: int) -> BlockPlan:
@@ -115,20 +118,19 @@ class RSSSampler:
 
 
 def dispatch(
-    client: Client, blocks: int, workdir: Path, name: str, window: int | None
+    client: Client, blocks: int, workdir: Path, name: str, plan_blocks: int | None = None
 ) -> tuple[float, int]:
-    """Dispatch `blocks` no-op blocks with a fresh ledger; the dispatcher's seconds and window."""
-    plan = grid_plan(blocks)
+    """Dispatch the first `blocks` blocks of a plan of `plan_blocks` (default: `blocks`) as
+    no-ops with a fresh ledger; the dispatcher's seconds and peak blocks in flight."""
+    plan = grid_plan(plan_blocks or blocks)
     output_url = str(workdir / f"{name}.zarr")
     key = configuration_hash({"bench": "dispatch_scaling", "run": name})
     ledger = DoneLedger.open(output_url, key, plan.block_count)
-    dispatcher = Dispatcher(
-        client, stand_in_task(output_url), plan, ledger, window=window, submit=noop_block
-    )
-    report = dispatcher.run(ledger.pending(range(blocks)), blocks, 0)
+    dispatcher = Dispatcher(client, stand_in_task(output_url), plan, ledger, submit=noop_block)
+    report = dispatcher.run(islice(ledger.pending(plan.blocks()), blocks), plan.block_count, 0)
     if report.failures or ledger.done_count != blocks:
         raise RuntimeError(f"dispatch lost blocks: {report.failures or ledger.done_count}")
-    return report.seconds, dispatcher.window
+    return report.seconds, dispatcher.peak_in_flight_blocks
 
 
 def noop_task(index: int) -> int:
@@ -159,8 +161,8 @@ def enumeration(blocks: int, workdir: Path) -> dict:
     ledger = DoneLedger.open(str(workdir / "enumerate.zarr"), "0" * 64, plan.block_count)
 
     def walk() -> None:
-        for index in ledger.pending(plan.indices()):
-            plan.block_box(index), plan.chunk_box(index)
+        for _ in ledger.pending(plan.blocks()):
+            pass
 
     walk_seconds = timed(walk)
     return {
@@ -176,7 +178,11 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=100_000)
     parser.add_argument("--traced-blocks", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--window", type=int, default=None, help="default: the Dispatcher's")
+    parser.add_argument(
+        "--plan-blocks", type=int, default=10_000_000,
+        help="the memory run dispatches --memory-blocks blocks of a plan this large",
+    )  # fmt: skip
+    parser.add_argument("--memory-blocks", type=int, default=100_000)
     parser.add_argument("--enumerate", type=int, default=1_000_000, help="blocks to enumerate")
     parser.add_argument("--quick", action="store_true", help="smoke test in < 1 min")
     args = parser.parse_args()
@@ -188,16 +194,24 @@ def main() -> None:
         with connect("local", args.workers) as client:
             baseline = psutil.Process().memory_info().rss
             with RSSSampler() as rss:
-                seconds, window = dispatch(client, blocks, workdir, "timed", args.window)
+                seconds, in_flight = dispatch(client, blocks, workdir, "timed")
+            memory_blocks = 5000 if args.quick else args.memory_blocks
+            with RSSSampler() as big_rss:
+                big_seconds, _ = dispatch(client, memory_blocks, workdir, "big", args.plan_blocks)
             tracemalloc.start()
-            traced_seconds, _ = dispatch(client, traced_blocks, workdir, "traced", args.window)
+            traced_seconds, _ = dispatch(client, traced_blocks, workdir, "traced")
             _, traced_peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             floor = dask_floor(client, min(blocks, 5000))
         row = {
             "bench": "dispatch_scaling", "blocks": blocks, "workers": args.workers,
-            "threads_per_worker": 1, "window": window,
+            "threads_per_worker": 1, "peak_blocks_in_flight": in_flight,
             "seconds": round(seconds, 2), "ms_per_block": round(1e3 * seconds / blocks, 3),
+            "blocks_per_second": round(blocks / seconds, 1),
+            "big_plan_blocks": args.plan_blocks, "big_plan_dispatched": memory_blocks,
+            "big_plan_blocks_per_second": round(memory_blocks / big_seconds, 1),
+            "big_plan_client_rss_peak_mib": round(big_rss.peak / MiB, 1),
+            "big_plan_client_rss_peak_mib_by_quarter": big_rss.quarter_peaks(),
             "dask_floor_ms_per_task": round(1e3 * floor, 3),
             "client_rss_before_mib": round(baseline / MiB, 1),
             "client_rss_peak_mib": round(rss.peak / MiB, 1),

@@ -288,6 +288,13 @@ def super_resolve(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     batch_size: Annotated[int, typer.Option()] = 4,
     retries: Annotated[int, typer.Option(help="attempts after a block's first failure")] = 2,
+    max_failures: Annotated[int | None, typer.Option(help="stop after N failed blocks")] = None,
+    block_timeout: Annotated[
+        float | None, typer.Option(help="seconds a block may run [default: 10× median block]")
+    ] = None,
+    worker_wait: Annotated[
+        float | None, typer.Option(help="seconds to wait for workers when none is alive")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an output of another run")] = False,
     slurm_config: Annotated[Path | None, typer.Option(help="dask-jobqueue YAML")] = None,
 ) -> None:
@@ -302,7 +309,8 @@ def super_resolve(
         voxel_size=voxel_size_option(voxel_size), tile=tile, halo=halo, scale=scale,
         normalization=normalization, cluster=cluster, workers=workers,
         threads_per_worker=threads_per_worker, device=device, batch_size=batch_size,
-        retries=retries, overwrite=overwrite,
+        retries=retries, max_failures=max_failures, block_timeout=block_timeout,
+        **({"worker_wait": worker_wait} if worker_wait else {}), overwrite=overwrite,
         slurm_config=str(slurm_config) if slurm_config else None,
     )  # fmt: skip
     result = run_flow(super_resolve_flow, params)

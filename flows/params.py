@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, PlainSerializer, model_validator
 
+from pipeline.dispatch import WORKER_WAIT_S
 from pipeline.geometry import Box, Triple
 from pipeline.superresolve import DEFAULT_TILE, SuperResolveRequest
 from pipeline.urls import redact
@@ -48,6 +49,13 @@ class SuperResolveParams(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(4, ge=1)
     retries: int = Field(2, ge=0)
+    max_failures: int | None = Field(None, ge=1, description="stop after this many failed blocks")
+    block_timeout: float | None = Field(
+        None, gt=0, description="seconds a block may run (default: 10× the median block)"
+    )
+    worker_wait: float = Field(
+        WORKER_WAIT_S, gt=0, description="seconds to wait for a worker when none is alive"
+    )
     overwrite: bool = False
     slurm_config: str | None = Field(None, description="dask-jobqueue YAML for --cluster slurm")
 

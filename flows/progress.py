@@ -4,7 +4,9 @@ artifact in the UI (updated at most every few seconds, so the API is not flooded
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import get_run_context
@@ -17,6 +19,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+if TYPE_CHECKING:
+    from pipeline.dispatch import RunProgress
 
 ARTIFACT_INTERVAL_S = 3.0
 
@@ -76,9 +81,31 @@ class ProgressReport:
             )
 
     def advance_to(self, done: int, rate: str = "") -> None:
+        """Move the bar to `done`; `rate` is the status text shown beside it (and, in the
+        artifact's description, what a cluster operator reads in the Prefect UI)."""
         self.bar.update(self.task, completed=done, rate=rate)
         total = self.bar.tasks[0].total or 0
         now = time.monotonic()
         if self.artifact_id and (now - self.last_artifact >= ARTIFACT_INTERVAL_S or done >= total):
-            update_progress_artifact(self.artifact_id, progress=100.0 * done / max(total, 1))
+            update_progress_artifact(
+                self.artifact_id,
+                progress=100.0 * done / max(total, 1),
+                description=f"{self.description} ({self.unit}) {rate}".rstrip(),
+            )
             self.last_artifact = now
+
+
+def run_status(update: RunProgress) -> str:
+    """A block run's state in one line: failures, work in flight, workers, busy slots, ETA."""
+    eta = (
+        ""
+        if update.eta_seconds is None
+        else f" · ETA {timedelta(seconds=round(update.eta_seconds))}"
+    )
+    rate = update.voxels_written / max(update.elapsed_seconds, 1e-9) / 1e6
+    note = f" · {update.note}" if update.note else ""
+    return (
+        f"failed {update.blocks_failed} · in flight {update.blocks_in_flight} · "
+        f"workers {update.workers} ({update.slots} slots, {update.utilisation:.0%} busy) · "
+        f"{rate:.2f} Mvox/s{eta}{note}"
+    )

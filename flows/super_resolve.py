@@ -11,9 +11,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.params import SuperResolveParams
-from flows.progress import ProgressReport
+from flows.progress import ProgressReport, run_status
 from flows.states import fail_on_user_error
 from pipeline.dispatch import RunProgress, RunReport
+from pipeline.errors import BlockFailedError
 from pipeline.superresolve import output_source, super_resolve
 
 
@@ -34,6 +35,8 @@ def summary(report: RunReport, source: str) -> dict:
         "seconds": round(report.seconds, 3),
         "voxels_per_second": round(rate, 1),
         "redundant_compute": round(report.redundancy, 4),
+        "blocks_retried": report.retried,
+        "utilisation": round(report.utilisation, 3),
     }
 
 
@@ -45,6 +48,18 @@ def summary_markdown(result: dict) -> str:
     )
 
 
+def failures_markdown(failure: BlockFailedError) -> str:
+    """Every block that failed, with its output box and last error: what a rerun redoes."""
+    rows = "\n".join(
+        f"| {block.index} | `{block.box}` | {block.attempts} | {block.error.replace('|', '/')} |"
+        for block in failure.failed
+    )
+    return (
+        f"## Failed blocks\n\n{failure}\n\n| block | output box | attempts | last error |\n"
+        f"|---|---|---|---|\n{rows}\n"
+    )
+
+
 @flow(name="super-resolve", log_prints=True)
 @fail_on_user_error
 def super_resolve_flow(params: SuperResolveParams) -> dict:
@@ -52,12 +67,15 @@ def super_resolve_flow(params: SuperResolveParams) -> dict:
     with ProgressReport("super-resolve", "blocks") as progress:
 
         def on_progress(update: RunProgress) -> None:
-            rate = update.voxels_written / max(update.elapsed_seconds, 1e-9)
-            progress.advance_to(update.blocks_done, f"{rate / 1e6:.2f} Mvox/s")
+            progress.advance_to(update.blocks_done, run_status(update))
 
-        report = super_resolve(
-            params.to_request(), on_start=progress.start, on_progress=on_progress
-        )
+        try:
+            report = super_resolve(
+                params.to_request(), on_start=progress.start, on_progress=on_progress
+            )
+        except BlockFailedError as failure:
+            create_markdown_artifact(failures_markdown(failure), key="super-resolve-failures")
+            raise
     result = summary(report, output_source(params.output_url))
     create_markdown_artifact(summary_markdown(result), key="super-resolve-summary")
     return result

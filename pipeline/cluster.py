@@ -42,6 +42,7 @@ FORWARDED_ENVIRONMENT = ("PREFECT_API_URL",)
 SCHEDULER_CONNECT_TIMEOUT_S = 10.0
 SLURM_START_TIMEOUT_S = 300.0
 SLURM_CANCEL_TIMEOUT_S = 60.0
+JOB_CHECK_S = 5.0
 
 
 @contextmanager
@@ -130,16 +131,33 @@ def slurm_cluster_options(config: Path, environ: Mapping[str, str] = os.environ)
     return options
 
 
-def _read_slurm_spec(config: Path) -> dict[str, Any]:
-    """The `jobqueue: slurm:` mapping of a settings file, checked against dask-jobqueue's."""
+def _read_settings(config: Path) -> Any:
     try:
-        document = yaml.safe_load(Path(config).read_text())
+        return yaml.safe_load(Path(config).read_text())
     except OSError as error:
         raise ClusterError(f"cannot read SLURM settings {config}: {error.strerror}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ClusterError(f"SLURM settings {config} are not valid YAML{where}") from None
+
+
+def slurm_job_range(config: Path, jobs: int) -> tuple[int, int]:
+    """(minimum, maximum) SLURM jobs to keep: `jobs` at most, and at least the settings'
+    `emsr: minimum-jobs` (default: `jobs`, so every job that ends is replaced)."""
+    document = _read_settings(config)
+    ours = document.get("emsr") if isinstance(document, dict) else None
+    minimum = (ours or {}).get("minimum-jobs")
+    if minimum is None:
+        return jobs, jobs
+    if not isinstance(minimum, int) or minimum < 0:
+        raise ClusterError(f"SLURM settings {config}: emsr: minimum-jobs must be an integer ≥ 0")
+    return min(minimum, jobs), jobs
+
+
+def _read_slurm_spec(config: Path) -> dict[str, Any]:
+    """The `jobqueue: slurm:` mapping of a settings file, checked against dask-jobqueue's."""
+    document = _read_settings(config)
     jobqueue = document.get("jobqueue") if isinstance(document, dict) else None
     spec = jobqueue.get("slurm") if isinstance(jobqueue, dict) else None
     if not isinstance(spec, dict):
@@ -209,7 +227,8 @@ def _check_address(address: str) -> None:
 
 @contextmanager
 def _slurm_cluster(jobs: int, config: Path, timeout: float) -> Iterator[Client]:
-    """`jobs` SLURM jobs of Dask workers; every one of them is cancelled on the way out."""
+    """Up to `jobs` SLURM jobs of Dask workers, scaled adaptively and replaced as they end
+    (worker lifetime, walltime, a lost node); every one of them is cancelled on the way out."""
     if shutil.which("sbatch") is None:
         raise ClusterError(
             "SLURM is not available: sbatch not found; install slurm or use --cluster local"
@@ -224,10 +243,34 @@ def _slurm_cluster(jobs: int, config: Path, timeout: float) -> Iterator[Client]:
 
         cluster = stack.enter_context(SLURMCluster(**options))
         _check_job_accepted(cluster.job_script(), config)
-        cluster.scale(jobs=jobs)
+        minimum, maximum = slurm_job_range(config, jobs)
+        cluster.adapt(minimum_jobs=minimum, maximum_jobs=maximum)
+        stack.enter_context(_replacing_ended_jobs(cluster))
         client = stack.enter_context(Client(cluster))
         _wait_for_first_worker(client, job_name, timeout, options.get("log_directory"))
         yield client
+
+
+@contextmanager
+def _replacing_ended_jobs(cluster: Any) -> Iterator[None]:
+    """Resubmit jobs that ended while the run goes on.
+
+    dask's adaptive scaling submits jobs only when its target changes; a job that ended
+    (its worker reached `--lifetime`, SLURM's walltime, a node failure) stays in the cluster's
+    plan and is never resubmitted. Re-applying the plan every `JOB_CHECK_S` seconds, on the
+    cluster's own event loop, starts a job for each one that has gone.
+    """
+    from tornado.ioloop import PeriodicCallback
+
+    def reapply() -> None:
+        cluster.scale(len(cluster.worker_spec))
+
+    keeper = PeriodicCallback(reapply, JOB_CHECK_S * 1000)
+    cluster.loop.add_callback(keeper.start)
+    try:
+        yield
+    finally:
+        cluster.loop.add_callback(keeper.stop)
 
 
 def _check_job_accepted(job_script: str, config: Path) -> None:

@@ -42,6 +42,7 @@ WORKER_WAIT_S = 600.0
 """How long a run without any worker waits for one to join (SLURM replacing its jobs)."""
 MINIMUM_BLOCK_TIMEOUT_S = 60.0
 """The derived timeout is never shorter: a new worker loads its model during its first block."""
+RESTART_TIMEOUT_S = 300.0
 PROGRESS_INTERVAL_S = 0.25
 WAKE_S = 0.25
 
@@ -251,14 +252,12 @@ class Dispatcher:
         threading.Thread(target=self._restart, args=(worker,), daemon=True).start()
 
     def _restart(self, worker: str) -> None:
-        """Restart (through its nanny) or else close the worker whose task hung."""
+        """Restart the worker whose task hung, through its nanny (a worker without one keeps
+        its stuck thread; its other slots go on working)."""
         try:
-            self.client.restart_workers([worker], timeout=120, raise_for_error=True)
-        except Exception:
-            try:
-                self.client.retire_workers([worker], close_workers=True)
-            except Exception as error:
-                logger.warning("could not retire hung worker %s: %s", worker, error)
+            self.client.restart_workers([worker], timeout=RESTART_TIMEOUT_S)
+        except Exception as error:  # a worker without nanny, or one already gone
+            logger.warning("could not restart hung worker %s: %s", worker, error)
 
     def _check_workers(self, report: RunReport) -> None:
         waited = self.window.seconds_without_workers()

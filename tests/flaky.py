@@ -11,6 +11,7 @@ Which blocks fail, and how, follows from a hash of the block's box, so a run is 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from pipeline.block import BlockOutcome, BlockTask, process_block
 from pipeline.geometry import Box
 from pipeline.plan import PlannedBlock
 from pipeline.volumes import open_volume
+
+HANG_S = 3600.0
 
 
 def block_name(box: Box) -> str:
@@ -67,23 +70,42 @@ def write_garbage_into_first_chunk(task: BlockTask, write: Box) -> Box:
 
 @dataclass(frozen=True)
 class FaultyBlocks:
-    """`process_block` with injected `OSError`s.
+    """`process_block` with injected `OSError`s and a hang.
 
     record_dir: a directory shared by all workers, for the attempt records.
     rate: fraction of blocks whose first attempt fails (and whose retry then succeeds).
     always_failing: the output box of a block that fails on every attempt.
+    hanging: the output box of a block whose first attempt hangs (a wedged read or GPU).
+    pace_seconds: a pause before every block, so a run lasts long enough to be disturbed.
     """
 
     record_dir: str
     rate: float = 0.0
     always_failing: Box | None = None
+    hanging: Box | None = None
+    pace_seconds: float = 0.0
 
     def __call__(self, task: BlockTask, block: PlannedBlock) -> BlockOutcome:
         box = block.write
         earlier = record_attempt(self.record_dir, box)
+        time.sleep(self.pace_seconds)
+        if box == self.hanging and earlier == 0:
+            time.sleep(HANG_S)
         if box == self.always_failing or (earlier == 0 and picked(box, self.rate)):
             if fault_kind(box) == "read":
                 raise OSError(f"injected read error in block {box}")
             chunk = write_garbage_into_first_chunk(task, box)
             raise OSError(f"injected write error after a partial write of {chunk}")
         return process_block(task, block)
+
+
+@dataclass(frozen=True)
+class SleepyBlocks:
+    """A block that only takes `seconds` (no I/O): for tests of the window and of workers
+    that come and go, where what is measured is scheduling, not data."""
+
+    seconds: float
+
+    def __call__(self, task: BlockTask, block: PlannedBlock) -> BlockOutcome:
+        time.sleep(self.seconds)
+        return BlockOutcome(block.write, block.write.size, 0, self.seconds)
