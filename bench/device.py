@@ -189,12 +189,13 @@ def end_to_end_row(args: argparse.Namespace, device: torch.device, folder: Path)
     chunk = default_chunk(hr_shape)
     sr_url = str(folder / "sr.zarr")
     create_volume(sr_url, hr_shape, "uint8", (50.0, 15.0, 15.0), chunk)
-    plan = BlockPlan(Box.from_shape(hr_shape), default_block(chunk, scale, args.tile), chunk)
     lattice = TileLattice.for_section(lr_shape[1:], args.tile, DEFAULT_HALO)
+    plan = BlockPlan(Box.from_shape(hr_shape), default_block(chunk, scale, args.tile), chunk,
+                     scale=scale, tile=lattice.core, halo=lattice.halo)  # fmt: skip
     task = BlockTask(lr_url, sr_url, str(checkpoint), sha, scale, lattice,
                      IntensityRange.of_dtype(np.uint8), device=str(device),
                      batch_size=args.batch)  # fmt: skip
-    process_block(task, plan.block_box(0), plan.chunk_box(0))  # load the model, warm up
+    process_block(task, plan.planned(0))  # load the model, warm up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sampler = UtilisationSampler(device)
@@ -202,7 +203,7 @@ def end_to_end_row(args: argparse.Namespace, device: torch.device, folder: Path)
     started = time.perf_counter()
 
     def one_block(index: int):
-        return process_block(task, plan.block_box(index), plan.chunk_box(index))
+        return process_block(task, plan.planned(index))
 
     with ThreadPoolExecutor(args.threads) as pool:
         outcomes = list(pool.map(one_block, plan.indices()))
@@ -233,9 +234,10 @@ def host_overhead_row(args: argparse.Namespace, folder: Path) -> dict:
     chunk = default_chunk(hr_shape)
     sr_url = str(folder / "host" / "sr.zarr")
     create_volume(sr_url, hr_shape, "uint8", (50.0, 15.0, 15.0), chunk)
-    plan = BlockPlan(Box.from_shape(hr_shape), default_block(chunk, scale, DEFAULT_TILE), chunk)
-    task = BlockTask(lr_url, sr_url, "", "", scale,
-                     TileLattice.for_section(lr_shape[1:], DEFAULT_TILE, DEFAULT_HALO),
+    lattice = TileLattice.for_section(lr_shape[1:], DEFAULT_TILE, DEFAULT_HALO)
+    plan = BlockPlan(Box.from_shape(hr_shape), default_block(chunk, scale, DEFAULT_TILE), chunk,
+                     scale=scale, tile=lattice.core, halo=lattice.halo)  # fmt: skip
+    task = BlockTask(lr_url, sr_url, "", "", scale, lattice,
                      IntensityRange.of_dtype(np.uint8), device="cpu")  # fmt: skip
     real = block_path.cached_predictor
     block_path.cached_predictor = lambda *_: NoOpPredictor(scale)

@@ -71,7 +71,7 @@ def grid_plan(blocks: int) -> BlockPlan:
     """A plan of at least `blocks` blocks of the default ×2 block shape."""
     sections = -(-blocks // GRID_YX**2)
     volume = (BLOCK[0] * sections, BLOCK[1] * GRID_YX, BLOCK[2] * GRID_YX)
-    return BlockPlan(Box.from_shape(volume), BLOCK, CHUNK)
+    return BlockPlan(Box.from_shape(volume), BLOCK, CHUNK, scale=2, tile=(512, 512), halo=16)
 
 
 def stand_in_task(output_url: str) -> BlockTask:
@@ -127,7 +127,9 @@ def dispatch(
     key = configuration_hash({"bench": "dispatch_scaling", "run": name})
     ledger = DoneLedger.open(output_url, key, plan.block_count)
     dispatcher = Dispatcher(client, stand_in_task(output_url), plan, ledger, submit=noop_block)
-    report = dispatcher.run(islice(ledger.pending(plan.blocks()), blocks), plan.block_count, 0)
+    report = dispatcher.run(
+        islice(ledger.pending_blocks(plan.blocks()), blocks), plan.block_count, 0
+    )
     if report.failures or ledger.done_count != blocks:
         raise RuntimeError(f"dispatch lost blocks: {report.failures or ledger.done_count}")
     return report.seconds, dispatcher.peak_in_flight_blocks
@@ -161,7 +163,7 @@ def enumeration(blocks: int, workdir: Path) -> dict:
     ledger = DoneLedger.open(str(workdir / "enumerate.zarr"), "0" * 64, plan.block_count)
 
     def walk() -> None:
-        for _ in ledger.pending(plan.blocks()):
+        for _ in ledger.pending_blocks(plan.blocks()):
             pass
 
     walk_seconds = timed(walk)

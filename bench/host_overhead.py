@@ -57,15 +57,18 @@ def make_volumes(folder: Path, lr_shape: Triple, scale: int) -> tuple[str, str, 
     chunk = default_chunk(hr_shape)
     create_volume(sr_url, hr_shape, "uint8", (50.0, 15.0, 15.0), chunk)
     block = default_block(chunk, scale, DEFAULT_TILE)
-    return lr_url, sr_url, BlockPlan(Box.from_shape(hr_shape), block, chunk)
+    lattice = TileLattice.for_section(lr_shape[1:], DEFAULT_TILE, DEFAULT_HALO)
+    plan = BlockPlan(Box.from_shape(hr_shape), block, chunk,
+                     scale=scale, tile=lattice.core, halo=lattice.halo)  # fmt: skip
+    return lr_url, sr_url, plan
 
 
 def run_blocks(task: BlockTask, plan: BlockPlan) -> tuple[float, float]:
     """Wall and CPU seconds (all threads) to push every block through the real block path;
     CPU time is the figure that survives a machine shared with other work."""
     started, cpu_started = time.perf_counter(), time.process_time()
-    for index in plan.indices():
-        process_block(task, plan.block_box(index), plan.chunk_box(index))
+    for block in plan.blocks():
+        process_block(task, block)
     return time.perf_counter() - started, time.process_time() - cpu_started
 
 
@@ -77,8 +80,8 @@ def stage_seconds(task: BlockTask, plan: BlockPlan) -> dict[str, float]:
     totals = dict.fromkeys(
         ("read", "normalise", "tile", "model", "stitch", "quantise", "write"), 0.0
     )
-    for index in plan.indices():
-        box = plan.block_box(index)
+    for block in plan.blocks():
+        box = block.write
         cover = task.lattice.cover(box.in_plane_footprint(task.scale))
         marks = [time.perf_counter()]
         raw = start_lr_read(source, cover, task.lattice).result()

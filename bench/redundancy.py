@@ -53,8 +53,9 @@ def plan_redundancy(lr_shape: Triple, scale: int, tile: int, halo: int, batch: i
     output = (z, y * scale, x * scale)
     chunk = default_chunk(output)
     block = default_block(chunk, scale, tile)
-    plan = BlockPlan(Box.from_shape(output), block, chunk)
     lattice = TileLattice.for_section((y, x), tile, halo)
+    plan = BlockPlan(Box.from_shape(output), block, chunk,
+                     scale=scale, tile=lattice.core, halo=lattice.halo)  # fmt: skip
     tile_pixels = lattice.input_shape[0] * lattice.input_shape[1]
     computed = padded = needed = 0
     for block in plan.blocks():

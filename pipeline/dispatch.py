@@ -191,7 +191,7 @@ class Dispatcher:
         for result in results:
             block = by_index[result.index]
             if result.outcome is not None:
-                self.ledger.mark_done(block)
+                self.ledger.mark_done(block.index, block.part)
                 self.failures.succeeded(block.index)
                 self.times.add(result.outcome.seconds)
                 report.blocks_computed += 1

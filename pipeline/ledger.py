@@ -21,14 +21,17 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorstore as ts
 
 from pipeline.geometry import Box
 from pipeline.omezarr import ARRAY_PATH
-from pipeline.plan import PlannedBlock
 from pipeline.urls import child_kvstore, parse_volume_url
+
+if TYPE_CHECKING:
+    from pipeline.plan import PlannedBlock
 
 LEDGER_DIR = "emsr_ledger"
 LEDGER_CHUNK = 1 << 16
@@ -90,24 +93,28 @@ class DoneLedger:
     def done_count(self) -> int:
         return int(np.count_nonzero(self.done))
 
-    def is_done(self, block: PlannedBlock) -> bool:
-        """Whether the block's write box is durably written: the whole block, or one recorded
-        part that covers it."""
-        if self.done[block.index]:
+    def is_done(self, index: int, part: Box | None = None) -> bool:
+        """Whether block `index` is durably written: whole, or, for an ROI-cut block that
+        needs only `part`, by a recorded part that covers it."""
+        if self.done[index]:
             return True
-        return any(part.contains(block.write) for part in self.parts.get(block.index, ()))
+        return part is not None and any(p.contains(part) for p in self.parts.get(index, ()))
 
-    def pending(self, blocks: Iterable[PlannedBlock]) -> Iterator[PlannedBlock]:
-        return (block for block in blocks if not self.is_done(block))
+    def pending(self, indices: Iterable[int]) -> Iterator[int]:
+        return (i for i in indices if not self.done[i])
 
-    def mark_done(self, block: PlannedBlock) -> None:
-        """Record a durably written block; persisted in batches (see `flush`)."""
-        if block.whole:
-            self.done[block.index] = 1
-            self._dirty.add(block.index // LEDGER_CHUNK)
+    def pending_blocks(self, blocks: Iterable[PlannedBlock]) -> Iterator[PlannedBlock]:
+        return (block for block in blocks if not self.is_done(block.index, block.part))
+
+    def mark_done(self, index: int, part: Box | None = None) -> None:
+        """Record a durably written block, or only `part` of it; persisted in batches (see
+        `flush`)."""
+        if part is None:
+            self.done[index] = 1
+            self._dirty.add(index // LEDGER_CHUNK)
         else:
-            self.parts.setdefault(block.index, []).append(block.write)
-            self._own_parts.setdefault(block.index, []).append(block.write)
+            self.parts.setdefault(index, []).append(part)
+            self._own_parts.setdefault(index, []).append(part)
             self._parts_dirty = True
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()

@@ -11,7 +11,7 @@ of 10⁷ blocks costs nothing until it is walked.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 
 from pipeline.errors import PlanError
@@ -43,22 +43,28 @@ class PlannedBlock:
     read: Box
     whole: bool
 
+    @property
+    def part(self) -> Box | None:
+        """What the ledger records for this block: None for the whole block, else its box."""
+        return None if self.whole else self.write
+
 
 @dataclass(frozen=True)
 class BlockPlan:
     """Blocks of `block` voxels over the output `volume`, restricted to `roi` if given.
 
     scale, tile and halo say how HR writes map to LR reads: the output is `scale` times finer
-    in y and x, and the model reads whole LR tile cores of `tile` (y, x) pixels plus `halo`.
+    in y and x, and the model reads whole LR tile cores of `tile` (y, x) pixels plus `halo`
+    (a `TileLattice`'s core and halo; required, so no plan reads what its blocks do not use).
     """
 
     volume: Box
     block: Triple
     chunk: Triple
     roi: Box | None = None
-    scale: int = 1
-    tile: tuple[int, int] = (1, 1)
-    halo: int = 0
+    scale: int = field(kw_only=True)
+    tile: tuple[int, int] = field(kw_only=True)
+    halo: int = field(kw_only=True)
 
     def __post_init__(self) -> None:
         if any(b % c for b, c in zip(self.block, self.chunk)):

@@ -242,7 +242,7 @@ def super_resolve(
         total, skipped = run.plan.block_count, ledger.done_count
     else:
         total = sum(1 for _ in run.plan.indices())
-        skipped = sum(ledger.is_done(block) for block in run.plan.blocks())
+        skipped = sum(ledger.is_done(block.index, block.part) for block in run.plan.blocks())
     if on_start:
         on_start(total, skipped)
     if skipped == total:
@@ -258,7 +258,9 @@ def super_resolve(
             max_failures=request.max_failures, block_timeout=request.block_timeout,
             worker_wait=request.worker_wait,
         )  # fmt: skip
-        report = dispatcher.run(ledger.pending(run.plan.blocks()), total, skipped, on_progress)
+        report = dispatcher.run(
+            ledger.pending_blocks(run.plan.blocks()), total, skipped, on_progress
+        )
     raise_for_failures(report)
     return report
 

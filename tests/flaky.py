@@ -1,7 +1,11 @@
 """Fault injection for block tasks, used by the reliability tests.
 
 `FaultyBlocks` has `process_block`'s signature, so `Dispatcher(..., submit=FaultyBlocks(...))`
-runs it on real Dask worker processes. Nothing is shared in memory between those processes:
+runs it on real Dask worker processes. To reach the workers of an `emsr` command (SLURM jobs
+included), `faulty_environment` makes this module a worker preload that puts a `FaultyBlocks`
+in place of `pipeline.block.process_block`: tasks name that function by reference, so the
+workers run the faulty one while the product code is unchanged. Nothing is shared in memory
+between those processes:
 every attempt of a block appends one byte to a file named after the block, so a block's
 first attempt is recognised on any worker and the test can count every attempt afterwards.
 
@@ -11,6 +15,8 @@ Which blocks fail, and how, follows from a hash of the block's box, so a run is 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +63,12 @@ def attempts(record_dir: str | Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in Path(record_dir).glob("block-*")}
 
 
+def writes(record_dir: str | Path) -> dict[str, int]:
+    """Completed writes per block name (attempts that returned)."""
+    found = Path(record_dir).glob("written-block-*")
+    return {path.name.removeprefix("written-"): path.stat().st_size for path in found}
+
+
 def write_garbage_into_first_chunk(task: BlockTask, write: Box) -> Box:
     """Overwrite the block's first output chunk with noise, as a write cut short would."""
     target = open_volume(task.output_url)
@@ -96,7 +108,10 @@ class FaultyBlocks:
                 raise OSError(f"injected read error in block {box}")
             chunk = write_garbage_into_first_chunk(task, box)
             raise OSError(f"injected write error after a partial write of {chunk}")
-        return process_block(task, block)
+        outcome = process_block(task, block)
+        with open(Path(self.record_dir) / f"written-{block_name(box)}", "ab") as record:
+            record.write(b".")
+        return outcome
 
 
 @dataclass(frozen=True)
@@ -109,3 +124,29 @@ class SleepyBlocks:
     def __call__(self, task: BlockTask, block: PlannedBlock) -> BlockOutcome:
         time.sleep(self.seconds)
         return BlockOutcome(block.write, block.write.size, 0, self.seconds)
+
+
+FAULTS_ENV = "EMSR_TEST_FAULTS"
+
+
+def faulty_environment(faults: FaultyBlocks) -> dict[str, str]:
+    """Environment that makes every Dask worker started under it run `faults`."""
+    fields = {
+        "record_dir": faults.record_dir, "rate": faults.rate,
+        "pace_seconds": faults.pace_seconds,
+        "always_failing": str(faults.always_failing) if faults.always_failing else None,
+        "hanging": str(faults.hanging) if faults.hanging else None,
+    }  # fmt: skip
+    return {"DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([__file__]),
+            FAULTS_ENV: json.dumps(fields)}  # fmt: skip
+
+
+def dask_setup(worker: object) -> None:
+    """Dask's preload hook: replace `process_block` on this worker when the environment asks."""
+    fields = json.loads(os.environ.get(FAULTS_ENV) or "null")
+    if fields:
+        import pipeline.block
+
+        boxes = {name: Box.parse(fields[name]) if fields[name] else None
+                 for name in ("always_failing", "hanging")}  # fmt: skip
+        pipeline.block.process_block = FaultyBlocks(**{**fields, **boxes})

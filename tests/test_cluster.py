@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import dask
 import dask.array as da
 import pytest
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, Scheduler, SpecCluster, Worker, get_worker, wait
 from slurm import queued_job_ids, small_slurm_settings
 
@@ -17,6 +18,7 @@ from pipeline.cluster import (
     connect,
     gpu_task_resources,
     slurm_cluster_options,
+    slurm_job_range,
     worker_gpu_count,
 )
 from pipeline.errors import ClusterError
@@ -102,9 +104,29 @@ def test_missing_sbatch_says_slurm_is_not_available(monkeypatch, tmp_path):
 def test_shipped_slurm_settings_ask_for_one_gpu_and_forward_prefect_api_url():
     options = slurm_cluster_options(DEFAULT_SLURM_CONFIG, {"PREFECT_API_URL": PREFECT_URL})
     assert "--gres=gpu:1" in options["job_extra_directives"]
-    assert options["worker_extra_args"] == ["--resources", "GPU=1"]
+    assert options["worker_extra_args"][:2] == ["--resources", "GPU=1"]
     assert f"export PREFECT_API_URL={PREFECT_URL}" in options["job_script_prologue"]
     assert options["job_name"] != slurm_cluster_options(DEFAULT_SLURM_CONFIG, {})["job_name"]
+
+
+def test_shipped_workers_retire_well_inside_the_walltime_and_every_job_is_replaced():
+    options = slurm_cluster_options(DEFAULT_SLURM_CONFIG)
+    arguments = options["worker_extra_args"]
+    lifetime = parse_timedelta(arguments[arguments.index("--lifetime") + 1])
+    stagger = parse_timedelta(arguments[arguments.index("--lifetime-stagger") + 1])
+    walltime = sum(int(v) * f for v, f in zip(options["walltime"].split(":"), (3600, 60, 1)))
+    assert "--lifetime-restart" not in arguments  # it would keep the job running into walltime
+    assert lifetime + stagger <= 0.97 * walltime
+    assert slurm_job_range(DEFAULT_SLURM_CONFIG, 8) == (8, 8)
+
+
+def test_minimum_jobs_setting_bounds_adaptive_scaling(tmp_path):
+    config = tmp_path / "slurm.yaml"
+    config.write_text("emsr:\n  minimum-jobs: 2\n")
+    assert slurm_job_range(config, 8) == (2, 8) and slurm_job_range(config, 1) == (1, 1)
+    config.write_text("emsr:\n  minimum-jobs: many\n")
+    with pytest.raises(ClusterError, match="minimum-jobs must be an integer"):
+        slurm_job_range(config, 8)
 
 
 @pytest.mark.parametrize(

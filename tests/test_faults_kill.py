@@ -216,7 +216,7 @@ def test_a_killed_run_keeps_only_correct_blocks_and_a_rerun_finishes_it(
     done = np.flatnonzero(marks)
     assert BLOCK_COUNT // 2 <= len(done) < BLOCK_COUNT
     written = read_all(output)
-    plan = BlockPlan(Box.from_shape(HR_SHAPE), BLOCK, BLOCK)
+    plan = BlockPlan(Box.from_shape(HR_SHAPE), BLOCK, BLOCK, scale=1, tile=(1, 1), halo=0)
     wrong = [i for i in done if not np.array_equal(*(a[plan.planned(i).write.slices()]
                                                      for a in (written, reference)))]  # fmt: skip
     assert not wrong, f"blocks {wrong} are marked done but hold other data"

@@ -47,7 +47,7 @@ def dispatch(job: SuperResolveRequest, submit: FaultyBlocks) -> tuple[RunReport,
     with connect(job.cluster) as client:
         dispatcher = Dispatcher(client, run.task, run.plan, ledger, retries=job.retries,
                                 submit=submit)  # fmt: skip
-        report = dispatcher.run(ledger.pending(run.plan.blocks()), total, ledger.done_count)
+        report = dispatcher.run(ledger.pending_blocks(run.plan.blocks()), total, ledger.done_count)
     return report, dispatcher
 
 

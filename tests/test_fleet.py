@@ -34,11 +34,12 @@ from pipeline.volumes import open_volume
 
 ALL = (slice(None),) * 3
 RUN_TIMEOUT_S = 240
+NO_READS = {"scale": 1, "tile": (32, 32), "halo": 0}  # blocks that read nothing
 
 
 def sleepy_run(tmp_path: Path, blocks: int) -> tuple[BlockPlan, DoneLedger, BlockTask]:
     """A plan of `blocks` one-chunk blocks and a real ledger; the task is never opened."""
-    plan = BlockPlan(Box.from_shape((blocks, 32, 32)), (1, 32, 32), (1, 32, 32))
+    plan = BlockPlan(Box.from_shape((blocks, 32, 32)), (1, 32, 32), (1, 32, 32), **NO_READS)
     output = str(tmp_path / "out.zarr")
     ledger = DoneLedger.open(output, configuration_hash({"test": str(tmp_path)}), blocks)
     task = BlockTask(output, output, "unused", "0" * 64, 1, TileLattice((32, 32), 0),
@@ -158,7 +159,7 @@ def test_batches_grow_until_a_task_lasts_a_second_and_the_timeout_follows_the_me
 
 
 def test_failure_policy_backs_off_then_records_the_block_with_its_last_error():
-    plan = BlockPlan(Box.from_shape((2, 32, 32)), (1, 32, 32), (1, 32, 32))
+    plan = BlockPlan(Box.from_shape((2, 32, 32)), (1, 32, 32), (1, 32, 32), **NO_READS)
     policy = FailurePolicy(retries=1, max_failures=1)
     block = plan.planned(1)
     policy.failed_attempt(block, "OSError: first")

@@ -11,6 +11,8 @@ from pipeline.geometry import Box, parse_triple
 from pipeline.plan import BlockPlan
 from pipeline.tiles import TileLattice, cut_tiles, stitch_cores
 
+READS = {"scale": 2, "tile": (32, 32), "halo": 4}
+
 
 def test_roi_syntax_round_trips_and_bad_text_is_one_error():
     assert str(Box.parse("0:4,10:20,5:9")) == "0:4,10:20,5:9"
@@ -46,7 +48,7 @@ def test_planned_block_carries_its_lr_read_box_and_hr_write_box():
 
 
 def test_blocks_tile_the_volume_and_are_clipped_at_its_edge():
-    plan = BlockPlan(Box.from_shape((5, 100, 70)), (2, 64, 64), (1, 32, 32))
+    plan = BlockPlan(Box.from_shape((5, 100, 70)), (2, 64, 64), (1, 32, 32), **READS)
     assert plan.grid == (3, 2, 2) and plan.block_count == 12
     covered = np.zeros((5, 100, 70), int)
     for block in plan.blocks():
@@ -57,26 +59,31 @@ def test_blocks_tile_the_volume_and_are_clipped_at_its_edge():
 
 def test_misaligned_blocks_are_refused_naming_aligned_sizes():
     with pytest.raises(PlanError, match="use 8,256,256 or 8,512,512"):
-        BlockPlan(Box.from_shape((8, 1024, 1024)), (8, 300, 300), (1, 256, 256))
+        BlockPlan(Box.from_shape((8, 1024, 1024)), (8, 300, 300), (1, 256, 256), **READS)
 
 
 def test_roi_selects_the_blocks_it_meets_and_writes_only_their_chunks_it_meets():
     plan = BlockPlan(
-        Box.from_shape((4, 128, 128)), (2, 64, 64), (1, 32, 32), Box((0, 70, 0), (2, 80, 64))
-    )
+        Box.from_shape((4, 128, 128)), (2, 64, 64), (1, 32, 32), Box((0, 70, 0), (2, 80, 64)),
+        **READS,
+    )  # fmt: skip
     assert list(plan.indices()) == [2]
     block = plan.planned(2)
     assert plan.full_box(2) == Box((0, 64, 0), (2, 128, 64))
     assert block.write == Box((0, 64, 0), (2, 96, 64)) and not block.whole
+    assert block.read == Box((0, 28, -4), (2, 68, 36))  # LR 32:48, 0:32 → tiles, + halo
 
 
 def test_roi_outside_the_volume_is_refused():
     with pytest.raises(PlanError, match="outside the output volume"):
-        BlockPlan(Box.from_shape((4, 64, 64)), (2, 64, 64), (1, 32, 32), Box((0, 0, 0), (5, 8, 8)))
+        BlockPlan(Box.from_shape((4, 64, 64)), (2, 64, 64), (1, 32, 32), Box((0, 0, 0), (5, 8, 8)),
+                  **READS)  # fmt: skip
 
 
 def test_plan_of_a_million_blocks_is_lazy():
-    plan = BlockPlan(Box.from_shape((1000, 100_000, 100_000)), (1, 10_000, 1_000), (1, 1000, 1000))
+    plan = BlockPlan(
+        Box.from_shape((1000, 100_000, 100_000)), (1, 10_000, 1_000), (1, 1000, 1000), **READS
+    )
     assert plan.block_count == 1_000_000
     assert plan.planned(999_999).write == Box((999, 90_000, 99_000), (1000, 100_000, 100_000))
 
