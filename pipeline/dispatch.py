@@ -277,19 +277,21 @@ class Dispatcher:
                 queue.thread_condition.wait(WAKE_S)
         return queue.next_batch(block=False)
 
-    def progress(self, report: RunReport, started: float) -> RunProgress:
+    def progress(self, report: RunReport, started: float, final: bool = False) -> RunProgress:
+        """Where the run stands; utilisation is the share of slots busy now (of the whole
+        run once `final`)."""
         capacity = self.window.capacity
         done = report.blocks_skipped + report.blocks_computed
         elapsed = time.perf_counter() - started
         left = report.blocks_total - done - len(report.failures)
         rate = report.blocks_computed / elapsed if elapsed else 0.0
-        busy = min(len(self.in_flight), capacity.slots)
+        busy = min(len(self.in_flight), capacity.slots) / capacity.slots if capacity.slots else 0.0
         note = "" if capacity.workers else (
             f"no workers alive; waiting up to {self.worker_wait:g} s for new ones"
         )  # fmt: skip
         return RunProgress(
             done, report.blocks_total, len(self.failures.failed), self.blocks_in_flight,
-            capacity.workers, capacity.slots, busy / capacity.slots if capacity.slots else 0.0,
+            capacity.workers, capacity.slots, report.utilisation if final else busy,
             report.voxels_written, elapsed, left / rate if rate else None, note,
         )  # fmt: skip
 
@@ -331,7 +333,7 @@ class Dispatcher:
         report.slot_seconds = self.window.slot_seconds
         report.seconds = time.perf_counter() - started
         if on_progress:
-            on_progress(self.progress(report, started))
+            on_progress(self.progress(report, started, final=True))
         return report
 
 
