@@ -103,8 +103,9 @@ def test_block_failing_every_time_is_recorded_as_failed_and_the_run_goes_on(
     job = job_for(soak_lr, tmp_path / "sr.zarr", checkpoint_dir, cluster_address,
                   block=(1, 64, 64))  # fmt: skip
     plan = prepare(job).plan
-    index = next(i for i in range(8, plan.block_count)
-                 if fault_kind(plan.planned(i).write) == "write")
+    index = next(
+        i for i in range(8, plan.block_count) if fault_kind(plan.planned(i).write) == "write"
+    )
     box = plan.planned(index).write
     records = tmp_path / "attempts"
     records.mkdir()

@@ -221,7 +221,7 @@ def test_tcp_cluster_whose_workers_are_killed_and_restarted_finishes_bit_identic
         thread.join(RUN_TIMEOUT_S)
         assert "error" not in outcome, outcome
         report = outcome["result"]
-        assert report.blocks_computed == report.blocks_total == 30
+        assert report.blocks_computed == report.blocks_total == 36
         assert any(u.workers == 0 for u in updates) and updates[-1].workers == 2
         assert np.array_equal(open_volume(job.output_url).read(ALL),
                               open_volume(str(reference)).read(ALL))  # fmt: skip
