@@ -86,8 +86,8 @@ class DoneLedger:
                 "fill_value": 0,
             },
         }
-        parts = ts.KvStore.open(child_kvstore(output, f"{LEDGER_DIR}/{key[:24]}-parts")).result()
-        return cls(ts.open(spec, open=True, create=True).result(), parts)
+        parts = child_kvstore(ledger_root(output_url), f"{key[:24]}-parts")
+        return cls(ts.open(spec, open=True, create=True).result(), ts.KvStore.open(parts).result())
 
     @property
     def done_count(self) -> int:

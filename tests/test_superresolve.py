@@ -14,7 +14,6 @@ from emsr.inference import Predictor, super_resolve_image
 from emsr.intensity import IntensityRange
 from emsr.metrics import psnr
 from pipeline.errors import LedgerError, PlanError, VolumeError
-from pipeline.geometry import Box
 from pipeline.ledger import ledger_root
 from pipeline.superresolve import SuperResolveRequest, super_resolve
 from pipeline.volumes import open_volume, write_array
