@@ -117,7 +117,7 @@ def test_run_without_workers_says_so_and_fails_after_a_bounded_wait(tmp_path):
 def test_hung_block_is_rescheduled_its_worker_restarted_and_nothing_else_redone(
     lr_url, checkpoint_dir, cluster_address, tmp_path
 ):
-    options = {"chunk": (1, 32, 32), "block": (1, 32, 32), "tile": 32, "halo": 4,
+    options = {"chunk": (1, 32, 32), "block": (1, 32, 32), "tile": 32, "halo": 8,
                "device": "cpu"}  # fmt: skip
     reference = tmp_path / "reference.zarr"
     super_resolve(SuperResolveRequest(lr_url, str(reference), str(checkpoint_dir),

@@ -19,8 +19,8 @@ from pipeline.superresolve import SuperResolveRequest, prepare, super_resolve
 from pipeline.volumes import open_volume
 
 ALL = (slice(None),) * 3
-OPTIONS = {"chunk": (1, 32, 32), "block": (1, 32, 32), "tile": 32, "halo": 4, "device": "cpu"}
-FLAGS = ["--chunk", "1,32,32", "--block", "1,32,32", "--tile", "32", "--halo", "4",
+OPTIONS = {"chunk": (1, 32, 32), "block": (1, 32, 32), "tile": 32, "halo": 8, "device": "cpu"}
+FLAGS = ["--chunk", "1,32,32", "--block", "1,32,32", "--tile", "32", "--halo", "8",
          "--device", "cpu"]  # fmt: skip
 FAULT_RATE = 0.1
 WORKERS = 2  # the test node has 2 CPUs: one job each
