@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from emsr.errors import CheckpointError
+from emsr.errors import CheckpointError, DivergedError
 from emsr.network import EMSR, ModelConfig
 
 FORMAT = "emsr-checkpoint"
@@ -99,14 +99,32 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(temporary, path)
 
 
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def _file_mode() -> int:
+    """The mode a plain new file gets under the user's umask (safetensors writes 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _save_content_named(directory: Path, role: str, tensors: dict[str, torch.Tensor]) -> str:
     """Write `tensors` as `<role>-<sha256 prefix>.safetensors`; return the file's name.
 
     A name that depends on the content never overwrites a file the current config names
     (unless the content is identical), which is what makes the config's rename the commit.
+    The file gets the user's usual permissions, so a lab's other accounts can load it.
     """
     temporary = directory / f".{role}.tmp-{os.getpid()}"
     save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(temporary))
+    os.chmod(temporary, _file_mode())
     name = f"{role}-{file_sha256(temporary)[:16]}.safetensors"
     os.replace(temporary, directory / name)
     return name
@@ -135,9 +153,15 @@ def save_checkpoint(
 ) -> str:
     """Save weights (and optionally the training state) atomically; returns the weights'
     sha256."""
+    state = model.state_dict()
+    if broken := non_finite({**state, **(training_state or {})}):
+        raise DivergedError(
+            f"not saving a checkpoint in {directory}: {broken[0]} (and {len(broken) - 1} more "
+            "tensors) hold NaN or infinite values; the model diverged"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = _save_content_named(directory, WEIGHTS, model.state_dict())
+    weights = _save_content_named(directory, WEIGHTS, state)
     sha256 = file_sha256(directory / weights)
     config = {
         "format": FORMAT,
@@ -157,6 +181,30 @@ def save_checkpoint(
     write_atomically(directory / CONFIG, lambda path: path.write_text(text))
     _remove_unreferenced(directory, config)
     return sha256
+
+
+def holds_checkpoint(directory: str | Path) -> bool:
+    """Whether `directory` has a config.json that says it is an EMSR checkpoint."""
+    try:
+        config = json.loads((Path(directory) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def check_writable(directory: str | Path) -> None:
+    """Create `directory` and write a probe there, so an unwritable place fails before
+    training starts instead of at its first checkpoint."""
+    directory = Path(directory)
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise CheckpointError(
+            f"cannot write a checkpoint in {directory}: {error.strerror}; choose a writable --out"
+        ) from None
 
 
 def _read_config(directory: Path) -> dict:
@@ -242,6 +290,11 @@ def _load_weights(path: Path, model: EMSR) -> None:
         raise CheckpointError(
             f"{path} does not fit the architecture in {CONFIG} "
             f"(mismatched tensors such as {', '.join(names)}): it belongs to another model"
+        )
+    if broken := non_finite(weights):
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights ({broken[0]} and {len(broken) - 1} more): "
+            "the model diverged in training; retrain it with a lower --learning-rate"
         )
     model.load_state_dict(weights)
 

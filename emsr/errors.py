@@ -17,6 +17,10 @@ class DataError(EMSRError):
     """Arrays that the model cannot use: wrong rank, dtype, non-finite values, mismatched sizes."""
 
 
+class DivergedError(EMSRError):
+    """Training whose weights became NaN or infinite: the settings, not the data, are at fault."""
+
+
 DEBUG_ENV = "EMSR_DEBUG"
 """Environment variable (set by `emsr --debug`) that lets user errors propagate with their
 traceback instead of being reduced to one line."""

@@ -9,6 +9,7 @@ curve as one that never stopped.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,13 +19,16 @@ import torch
 
 from emsr.checkpoint import (
     CONFIG,
+    check_writable,
+    holds_checkpoint,
     load_training_state,
+    non_finite,
     read_checkpoint,
     save_checkpoint,
     write_atomically,
 )
 from emsr.data import PairedVolumes, PatchSampler
-from emsr.errors import CheckpointError, DataError
+from emsr.errors import CheckpointError, DataError, DivergedError
 from emsr.inference import resolve_device
 from emsr.losses import NoisierBranchObjective, get_loss
 from emsr.metrics import psnr
@@ -113,7 +117,21 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        return float(loss.detach())
+        value = float(loss.detach())
+        self.refuse_divergence(value)
+        return value
+
+    def refuse_divergence(self, loss: float) -> None:
+        """Stop at the first step whose loss or weights are not finite: every later step,
+        validation and checkpoint would only spread the NaN."""
+        if math.isfinite(loss) and not non_finite(dict(self.model.named_parameters())):
+            return
+        rate = self.config.learning_rate_at(self.step - 1)
+        raise DivergedError(
+            f"training diverged at step {self.step} (loss {loss:g} at learning rate {rate:g}): "
+            f"the weights became NaN or infinite; lower --learning-rate (e.g. {rate / 10:g}) "
+            "and train again into a new --out"
+        )
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -208,14 +226,20 @@ def train(
 ) -> TrainResult:
     """Train (or continue training) EMSR on `pairs`, checkpointing into `out_dir`."""
     out_dir = Path(out_dir)
-    if not resume and (out_dir / CONFIG).exists():
+    if not resume and holds_checkpoint(out_dir):
         raise CheckpointError(
             f"{out_dir} already holds a checkpoint; pass --resume to continue it "
             "or choose a new --out"
         )
+    if not resume and (out_dir / CONFIG).exists():
+        raise CheckpointError(
+            f"{out_dir} holds a {CONFIG} that is not an EMSR checkpoint, which training "
+            "would replace: choose a new --out"
+        )
     trainer = Trainer(pairs, config, out_dir)
     if resume:
         trainer.restore()
+    check_writable(out_dir)
     validation_psnr = None
     while trainer.step < config.steps:
         loss = trainer.train_step()

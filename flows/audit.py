@@ -13,6 +13,7 @@ from flows.progress import ProgressReport
 from flows.states import fail_on_user_error
 from pipeline.audit import FRC_SECTIONS, PSNR_IDENTICAL_DB, AuditRequest, AuditResult, audit
 from pipeline.geometry import Triple
+from pipeline.urls import Location, refuse_overlap
 
 TABLE_ROWS = 500  # the UI table lists this many blocks, the worst first
 
@@ -115,6 +116,11 @@ def summary_markdown(result: dict) -> str:
 @fail_on_user_error
 def audit_metrics_flow(params: AuditParams) -> dict:
     """Audit a super-resolved volume; returns the global metrics and the written paths."""
+    inputs = (params.sr_url, params.reference_url, params.reference2_url, params.sr2_url)
+    refuse_overlap(
+        {params.out: Location.of_path(Path(params.out) / "metrics.json")},
+        {url: Location.of_volume(url) for url in filter(None, inputs)},
+    )
     with ProgressReport("audit", "steps") as progress:
         result = audit(params.to_request(), on_progress=progress_callback(progress))
     blocks = result.metrics["blocks"]

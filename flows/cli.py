@@ -31,6 +31,8 @@ QUIET_DASK_LOGGING = {
     "distributed.worker.memory": "warning",
     "distributed.nanny": "error",  # "still alive after 4 s, killing" on loaded machines
 }
+WORKER_PRELOAD_ENV = "DASK_DISTRIBUTED__WORKER__PRELOAD"
+INTERRUPTED_EXIT = 130
 
 
 def fail(message: str) -> None:
@@ -56,11 +58,20 @@ def voxel_size_option(text: str | None) -> tuple[float, float, float] | None:
 
 def run_flow(flow: Any, params: Any) -> dict:
     """Run a flow, reporting to the local Prefect server (started once, then reused) unless
-    PREFECT_API_URL names one; a failed run becomes its one-line message and exit code 2."""
+    PREFECT_API_URL names one; a failed run becomes its one-line message and exit code 2,
+    Ctrl-C one line and exit code 130."""
     from flows.server import prefect_api
 
     with prefect_api():
-        state = flow(params, return_state=True)
+        try:
+            state = flow(params, return_state=True)
+        except KeyboardInterrupt:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            from flows.progress import console
+
+            console().print("interrupted: work finished so far is kept", highlight=False)
+            raise typer.Exit(INTERRUPTED_EXIT) from None
         if state.is_failed() or state.is_crashed():
             if os.environ.get(DEBUG_ENV):
                 state.result()
@@ -93,6 +104,8 @@ def main(
         # Local workers share this terminal; a block's failure reaches the user as our own
         # one line (with the block named), so the workers' tracebacks stay for --debug.
         os.environ.setdefault("DASK_LOGGING", repr(QUIET_DASK_LOGGING))
+    # Read by dask when the command imports it; local workers then leave Ctrl-C to us.
+    os.environ.setdefault(WORKER_PRELOAD_ENV, repr(["pipeline.interrupts"]))
 
 
 def one_line(error: Exception) -> str:
@@ -100,12 +113,16 @@ def one_line(error: Exception) -> str:
     from pydantic import ValidationError
 
     if isinstance(error, ValidationError):
-        problems = (
-            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-            for e in error.errors()
-        )
-        return "; ".join(problems)
+        return "; ".join(map(_problem, error.errors()))
     return str(error)
+
+
+def _problem(error: Any) -> str:
+    """One pydantic problem; a check of several options together has no option to name."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    return f"--{'-'.join(map(str, error['loc'])).replace('_', '-')}: {message}"
 
 
 def guarded(function: Any) -> Any:
@@ -135,11 +152,12 @@ def phantom(
     shape: Annotated[str, typer.Option(metavar="Z,Y,X", help="HR shape")] = "16,256,256",
     scale: Annotated[int, typer.Option(help="LR is this much coarser in y and x")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace phantom stores already there")] = False,
 ) -> None:
     """Write EM-like phantom volumes with known clean truth (the project's test data)."""
     from flows.phantom import write_phantom
 
-    written = write_phantom(out_dir, triple(shape, "--shape"), scale, seed)
+    written = write_phantom(out_dir, triple(shape, "--shape"), scale, seed, overwrite=overwrite)
     done(f"phantom volumes: {', '.join(str(p) for p in written)}")
 
 
@@ -348,11 +366,15 @@ def demo(
         "demo-output"
     ),
     steps: Annotated[int, typer.Option(help="training steps of the small model")] = 300,
+    overwrite: Annotated[
+        bool, typer.Option(help="use a folder holding other files (only the demo's are replaced)")
+    ] = False,
 ) -> None:
     """The whole story on CPU in minutes: phantom → pairs → train → super-resolve → audit."""
     from flows.demo import DemoParams, demo_flow
 
-    result = run_flow(demo_flow, DemoParams(directory=str(directory), steps=steps))
+    params = DemoParams(directory=str(directory), steps=steps, overwrite=overwrite)
+    result = run_flow(demo_flow, params)
     metrics = result["metrics"]
     done(
         f"demo done: phantom {result['phantom']}, checkpoint {result['checkpoint']}, "

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from emsr.errors import EMSRError
 from flows.audit import AuditParams, audit_metrics_flow
 from flows.extract_pairs import ExtractPairsParams, extract_training_pairs_flow
 from flows.params import SuperResolveParams, TrainParams
@@ -26,6 +27,29 @@ class DemoParams(BaseModel):
     shape: Triple = Field((16, 256, 256), description="HR phantom shape (z, y, x)")
     steps: int = Field(300, ge=1, description="training steps of the small model")
     seed: int = 0
+    overwrite: bool = Field(False, description="use a folder that holds other files")
+
+
+MARKER = "emsr-demo.json"
+"""Left in the demo's folder, so a rerun knows the results there are its own to replace."""
+
+
+def claim_folder(root: Path, overwrite: bool) -> None:
+    """The demo replaces its earlier results, never a user's data without --overwrite."""
+    foreign = root.is_dir() and any(root.iterdir()) and not (root / MARKER).exists()
+    if foreign and not overwrite:
+        raise EMSRError(
+            f"{root} holds files no demo wrote: choose an empty or new folder, or pass "
+            "--overwrite to let the demo replace its own results there (phantom/, pairs/, "
+            "checkpoint/, sr.zarr, audit/) and nothing else"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MARKER).write_text('{"written_by": "emsr demo"}\n')
+    except OSError as error:
+        raise EMSRError(
+            f"cannot write in {root}: {error.strerror}; choose another folder"
+        ) from None
 
 
 def demo_paths(root: Path) -> dict[str, Path]:
@@ -47,8 +71,10 @@ def demo_paths(root: Path) -> dict[str, Path]:
 @fail_on_user_error
 def demo_flow(params: DemoParams) -> dict:
     """Phantom → pairs → train → super-resolve → audit; returns where each result is."""
-    paths = demo_paths(Path(params.directory).resolve())
-    write_phantom(paths["phantom"], params.shape, scale=2, seed=params.seed)
+    root = Path(params.directory).resolve()
+    claim_folder(root, params.overwrite)
+    paths = demo_paths(root)
+    write_phantom(paths["phantom"], params.shape, scale=2, seed=params.seed, overwrite=True)
     pairs = ExtractPairsParams(
         hr_url=str(paths["hr"]), lr_url=str(paths["lr"]), out=str(paths["pairs"]),
         mode="real", scale=2, overwrite=True,

@@ -22,6 +22,10 @@ from pipeline.pairs import (
     extract_pairs,
 )
 
+MAX_PSF_SIGMA_PX = 16.0
+"""EM PSFs are a few HR pixels wide; a wider blur erases the sections, and its filter would
+run for minutes per section, deaf to Ctrl-C and SIGTERM."""
+
 
 class ExtractPairsParams(BaseModel):
     """Make a training-pair store: acquired LR + HR, synthetic LR from HR, or LR + denoised HR."""
@@ -35,22 +39,38 @@ class ExtractPairsParams(BaseModel):
         None, description="default: real with an LR volume (unless fit_noise), else synthetic"
     )
     scale: int = Field(2, ge=2, le=4, description="LR pixels are this much larger in y and x")
-    psf_sigma: float = Field(1.0, ge=0, description="synthetic: in-plane PSF sigma, HR pixels")
+    psf_sigma: float = Field(
+        1.0, ge=0, le=MAX_PSF_SIGMA_PX, allow_inf_nan=False,
+        description="synthetic: in-plane PSF sigma, HR pixels",
+    )  # fmt: skip
     downsample: Literal["area", "bicubic"] = Field("area", description="synthetic: binning")
     noise: Literal["none", "gaussian", "poisson_gaussian", "local_variance"] = Field(
         "gaussian", description="synthetic: noise model"
     )
     noise_sigma: float = Field(
-        0.03, ge=0, description="synthetic: noise std in units of the intensity range"
+        0.03,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="synthetic: noise std in units of the intensity range",
     )
-    photons_at_white: float = Field(100.0, gt=0, description="synthetic poisson_gaussian: dose")
+    photons_at_white: float = Field(
+        100.0, gt=0, allow_inf_nan=False, description="synthetic poisson_gaussian: dose"
+    )
     fit_noise: bool = Field(False, description="synthetic: match the acquired LR's noise std")
     seed: int = Field(0, ge=0)
     max_offset: float = Field(
-        DEFAULT_MAX_OFFSET_LR_PX, ge=0, description="largest LR↔HR offset accepted, LR pixels"
+        DEFAULT_MAX_OFFSET_LR_PX,
+        ge=0,
+        allow_inf_nan=False,
+        description="largest LR↔HR offset accepted, LR pixels",
     )
     min_confidence: float = Field(
-        DEFAULT_MIN_CONFIDENCE, ge=-1, le=1, description="least LR↔HR correlation accepted"
+        DEFAULT_MIN_CONFIDENCE,
+        ge=-1,
+        le=1,
+        allow_inf_nan=False,
+        description="least LR↔HR correlation accepted",
     )
     overwrite: bool = Field(False, description="replace an existing store in `out`")
     voxel_size: tuple[float, float, float] | None = Field(

@@ -81,7 +81,9 @@ class TrainParams(BaseModel):
     steps: int = Field(500, ge=0)
     batch_size: int = Field(4, ge=1)
     patch: int = Field(48, ge=8, description="LR patch size, pixels")
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float = Field(
+        1e-4, gt=0, lt=1, allow_inf_nan=False, description="Adam's; above ~1e-2 EMSR diverges"
+    )
     halve_every: int = Field(50_000, ge=1, description="halve the learning rate every N steps")
     checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every N")
     validate_every: int = Field(100, ge=1, description="validation PSNR every N steps")
@@ -94,7 +96,10 @@ class TrainParams(BaseModel):
 
     @model_validator(mode="after")
     def one_source_of_pairs(self) -> TrainParams:
-        if (self.pairs is None) == (self.lr_url is None or self.hr_url is None):
+        volumes = self.lr_url is not None or self.hr_url is not None
+        if self.pairs is not None and volumes:
+            raise ValueError("give --pairs DIR or --lr and --hr, not both")
+        if self.pairs is None and (self.lr_url is None or self.hr_url is None):
             raise ValueError("give either --pairs DIR or both --lr and --hr")
         return self
 

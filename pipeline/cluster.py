@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dask
+import distributed.system
 import yaml
 from distributed import Client, LocalCluster
 
@@ -43,6 +44,9 @@ SCHEDULER_CONNECT_TIMEOUT_S = 10.0
 SLURM_START_TIMEOUT_S = 300.0
 SLURM_CANCEL_TIMEOUT_S = 60.0
 JOB_CHECK_S = 5.0
+LOCAL_OVERSUBSCRIPTION = 2
+LOCAL_WORKER_MEMORY_BYTES = 1 << 30
+"""What one local worker (torch, a model, a block in flight) needs at the least."""
 
 
 @contextmanager
@@ -84,6 +88,19 @@ def check_cluster(cluster: str, workers: int = 1, threads_per_worker: int = 1) -
         )
     if cluster not in ("local", "slurm") and not cluster.startswith("tcp://"):
         raise ClusterError(f"unknown cluster {cluster!r}; use {ACCEPTED_CLUSTERS}")
+    if cluster.startswith("tcp://"):
+        _check_address(cluster)
+    if cluster == "local":
+        # Each local worker is a process holding torch and a model: more of them than the
+        # cores (oversubscribed twice) or the memory can hold only thrash and never finish.
+        cores, memory = dask.system.CPU_COUNT, distributed.system.MEMORY_LIMIT
+        most = max(1, min(LOCAL_OVERSUBSCRIPTION * cores, memory // LOCAL_WORKER_MEMORY_BYTES))
+        if workers > most or workers * threads_per_worker > LOCAL_OVERSUBSCRIPTION * cores:
+            raise ClusterError(
+                f"{workers} local workers × {threads_per_worker} threads are more than this "
+                f"machine can run ({cores} cores, {memory / 2**30:.0f} GiB): use at most "
+                f"{most} workers with {threads_per_worker} thread(s), or a bigger cluster"
+            )
 
 
 def worker_gpu_count(client: Client) -> int:

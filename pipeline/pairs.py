@@ -40,7 +40,8 @@ from emsr.degradations import (
 )
 from emsr.errors import DataError
 from emsr.intensity import IntensityRange
-from pipeline.urls import confine, parse_volume_url, redact
+from pipeline.preflight import check_input
+from pipeline.urls import Location, confine, redact, refuse_overlap
 from pipeline.volumes import (
     Triple,
     Volume,
@@ -229,6 +230,8 @@ def extract_pairs(request: PairRequest, on_progress: ProgressCallback | None = N
     lr = open_volume(request.lr_url) if request.lr_url else None
     if lr is not None and not lr.info.voxel_size_known:
         lr = open_volume(request.lr_url, voxel_size_nm=(z, y * request.scale, x * request.scale))
+    for volume in filter(None, (hr, lr)):
+        check_input(volume.info)
     if lr is not None:
         check_voxel_sizes(lr, hr, request.scale)
     directory = _checked_output(request)
@@ -306,18 +309,18 @@ def _checked_output(request: PairRequest) -> Path:
     directory = Path(confine(request.out)).resolve()
     if directory.exists() and not directory.is_dir():
         raise DataError(f"--out {directory} is a file: choose a directory")
-    if (directory / MANIFEST).exists() and not request.overwrite:
+    outputs = [directory / name for name in (LR_NAME, HR_NAME, MANIFEST)]
+    refuse_overlap(
+        {str(path): Location.of_path(path) for path in outputs},
+        {url: Location.of_volume(url) for url in filter(None, (request.hr_url, request.lr_url))},
+    )
+    existing = [path.name for path in outputs if path.exists()]
+    if existing and not request.overwrite:
         raise DataError(
-            f"{directory} already holds a training-pair store: pass --overwrite or "
-            "choose another --out"
+            f"{directory} already holds a training-pair store or part of one "
+            f"({', '.join(existing)}): pass --overwrite to replace it (nothing else there is "
+            "touched) or choose another --out"
         )
-    outputs = {directory / LR_NAME, directory / HR_NAME}
-    for url in filter(None, (request.hr_url, request.lr_url)):
-        kvstore = parse_volume_url(url).kvstore
-        if kvstore["driver"] == "file" and Path(kvstore["path"]).resolve() in outputs:
-            raise DataError(
-                f"input {redact(url)} lies where the store writes: choose another --out"
-            )
     return directory
 
 
@@ -485,7 +488,12 @@ def _write_volumes(
     on_progress: ProgressCallback | None,
 ) -> tuple[Volume, Volume]:
     """Create lr.zarr and hr.zarr (one section per chunk row) and fill them section by section."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot create {directory}: {error.strerror}; choose a writable --out"
+        ) from None
     (directory / MANIFEST).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
     provenance = {
         "pairs": {

@@ -16,15 +16,23 @@ import numpy as np
 from emsr.checkpoint import Checkpoint, read_checkpoint
 from emsr.intensity import IntensityRange
 from pipeline.block import BlockTask
-from pipeline.cluster import check_cluster, connect
+from pipeline.cluster import connect
 from pipeline.dispatch import WORKER_WAIT_S, Dispatcher, RunProgress, RunReport, raise_for_failures
 from pipeline.errors import LedgerError, PlanError, VolumeError
 from pipeline.geometry import Box, Triple
 from pipeline.ledger import DoneLedger, configuration_hash
 from pipeline.plan import BlockPlan
+from pipeline.preflight import check_can_start, check_input, check_tiling
 from pipeline.seams import choose_halo, sample_sections
 from pipeline.tiles import TileLattice
-from pipeline.urls import absolute_url, confine, parse_volume_url, redact
+from pipeline.urls import (
+    Location,
+    absolute_url,
+    confine,
+    parse_volume_url,
+    redact,
+    refuse_overlap,
+)
 from pipeline.volumes import Volume, create_volume, open_volume, require_voxel_size
 from pipeline.world import Voxel, WorldBox
 
@@ -179,14 +187,23 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
         request, input_url=absolute_url(request.input_url),
         output_url=absolute_url(request.output_url),
     )  # fmt: skip
-    check_cluster(request.cluster, request.workers, request.threads_per_worker)
-    confine(request.checkpoint)
+    refuse_overlap(
+        {request.output_url: Location.of_volume(request.output_url)},
+        {request.input_url: Location.of_volume(request.input_url),
+         request.checkpoint: Location.of_path(confine(request.checkpoint))},
+    )  # fmt: skip
+    check_can_start(
+        request.cluster, request.workers, request.threads_per_worker, request.device,
+        request.slurm_config,
+    )  # fmt: skip
     checkpoint = read_checkpoint(request.checkpoint)
     scale = check_scale(request, checkpoint)
     source = open_volume(request.input_url, voxel_size_nm=request.voxel_size)
     require_voxel_size(source.info)
+    check_input(source.info)
     request = replace(request, roi=output_roi(request, source, scale), roi_nm=None)
     z, y, x = source.info.shape
+    check_tiling(request.tile, request.halo or 0, checkpoint.model.config.window, (y, x))
     output_shape = (z, y * scale, x * scale)
     chunk = request.chunk or default_chunk(output_shape)
     write_unit = request.shard or chunk

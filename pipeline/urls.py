@@ -15,7 +15,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -47,6 +48,7 @@ REQUEST_RETRIES = MappingProxyType({"max_retries": 5, "initial_delay": "0.5s", "
 """Remote reads retry for ~15 s, not tensorstore's default of 32 attempts (~15 min): a host
 that is down fails the run's checks promptly, and a block that meets a longer outage is
 retried whole by the dispatcher."""
+_ESCAPED_BYTES = re.compile(r"(?:\\x[0-9a-fA-F]{2})+")
 _METADATA_KEYS = MappingProxyType(
     {
         "zarr3": ("zarr.json",),
@@ -100,6 +102,15 @@ class VolumeSource:
         """Write a JSON document; False when `if_equal` no longer matches (someone else wrote)."""
         data = json.dumps(document, indent=2).encode()
         return bool(self._store().write(key, data, if_equal=if_equal).result().generation)
+
+    def foreign_format(self) -> str | None:
+        """A volume format other than this URL's whose metadata the location holds: data that
+        creating (or replacing) this volume there would mix with or destroy."""
+        own = {self.format, *(("zarr", "zarr3") if self.detect_zarr_version else ())}
+        for fmt in _METADATA_KEYS.keys() - own:
+            if any(self.read_json(key)[0] is not None for key in _METADATA_KEYS[fmt]):
+                return fmt
+        return None
 
     def delete_everything(self) -> None:
         self._store().delete_range(ts.KvStore.KeyRange()).result()
@@ -184,6 +195,49 @@ def confine(path: str | os.PathLike[str]) -> str:
     return absolute
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where data lives, comparable with other locations: the store (driver and bucket or
+    host) and the path's parts, local paths resolved through `..` and symlinks."""
+
+    store: tuple[str, ...]
+    parts: tuple[str, ...]
+
+    @classmethod
+    def of_path(cls, path: str | os.PathLike[str]) -> Location:
+        real = os.path.realpath(os.path.expanduser(os.fspath(path)))
+        return cls(("file",), tuple(p for p in real.split(os.sep) if p))
+
+    @classmethod
+    def of_volume(cls, url: str) -> Location:
+        kvstore = parse_volume_url(url).kvstore
+        if kvstore["driver"] == "file":
+            return cls.of_path(kvstore["path"])
+        store = (kvstore["driver"], kvstore.get("bucket") or kvstore.get("base_url", ""))
+        return cls(store, tuple(p for p in kvstore["path"].split("/") if p))
+
+    def overlaps(self, other: Location) -> bool:
+        """Whether one is the other, or lies inside it."""
+        common = min(len(self.parts), len(other.parts))
+        return self.store == other.store and self.parts[:common] == other.parts[:common]
+
+
+def refuse_overlap(outputs: Mapping[str, Location], inputs: Mapping[str, Location]) -> None:
+    """A VolumeError if a written location is, holds or lies inside one that is read.
+
+    Keys name the locations as the user gave them. Writing over an input, even with
+    --overwrite, would delete or change what the run is reading.
+    """
+    for output, written in outputs.items():
+        for source, read in inputs.items():
+            if written.overlaps(read):
+                raise VolumeError(
+                    f"{redact(output)} overlaps the input {redact(source)} (it is, holds or "
+                    "lies inside it once links are resolved): choose an output outside every "
+                    "input"
+                )
+
+
 def child_kvstore(kvstore: dict, name: str) -> dict:
     """The kvstore spec of the directory `name` inside `kvstore`."""
     return {**kvstore, "path": kvstore["path"] + name.strip("/") + "/"}
@@ -205,10 +259,23 @@ def redact(url: str) -> str:
 def scrub(message: str, secrets: tuple[str, ...] = ()) -> str:
     """A tensorstore error as one short line: no spec dump (it may carry headers), no secrets."""
     line = message.splitlines()[0] if message else ""
-    line = line.split(" [", 1)[0]
+    line = _unescaped(line.split(" [", 1)[0])
     for secret in secrets:
         line = line.replace(secret, "***")
     return redact(line)
+
+
+def _unescaped(text: str) -> str:
+    """tensorstore quotes paths byte by byte (`donn\\xc3\\xa9es`): show them as written, keeping
+    only characters that cannot be printed escaped."""
+
+    def decoded(match: re.Match[str]) -> str:
+        raw = bytes.fromhex(match.group(0).replace("\\x", ""))
+        return "".join(
+            c if c.isprintable() else repr(c)[1:-1] for c in raw.decode("utf-8", "backslashreplace")
+        )
+
+    return _ESCAPED_BYTES.sub(decoded, text)
 
 
 def _kvstore_spec(location: str, url: str) -> tuple[dict, tuple[str, ...]]:

@@ -7,6 +7,7 @@ creation option is a new field with a default, checked in `VolumeSpec.checked`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ class VolumeSpec:
             ("shard", shard or chunk),
             ("voxel size (nm)", voxel_size_nm),
         ):
-            if len(values) != 3 or min(values) <= 0:
+            if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
                 raise VolumeError(f"{name} must be 3 positive (z, y, x) numbers, not {values}")
         if shard and any(s % c for s, c in zip(shard, chunk, strict=True)):
             raise VolumeError(f"shard {tuple(shard)} must be a multiple of chunk {tuple(chunk)}")

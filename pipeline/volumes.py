@@ -192,7 +192,12 @@ def create_volume(
             f"cannot create {name} at {redact(url)}: use zarr3://, precomputed:// or a .zarr path"
         )
     with reported("read", url, source):
-        existing = source.stored_format()
+        existing, foreign = source.stored_format(), source.foreign_format()
+    if foreign:
+        raise VolumeError(
+            f"{redact(url)} holds a {foreign} volume, which EMSR never replaces (not even "
+            "with --overwrite): choose another output"
+        )
     if existing and not overwrite:
         return _matching(open_volume(url), spec, source.format)
     with reported("create", url, source, hint=": choose a writable output location"):
