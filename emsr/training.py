@@ -118,18 +118,17 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         value = float(loss.detach())
-        self.refuse_divergence(value)
+        if not math.isfinite(value) or non_finite(dict(self.model.named_parameters())):
+            raise self.diverged(f"loss {value:g}")
         return value
 
-    def refuse_divergence(self, loss: float) -> None:
-        """Stop at the first step whose loss or weights are not finite: every later step,
-        validation and checkpoint would only spread the NaN."""
-        if math.isfinite(loss) and not non_finite(dict(self.model.named_parameters())):
-            return
+    def diverged(self, symptom: str) -> DivergedError:
+        """The error that stops a run at its first non-finite loss, weight or output: every
+        later step, validation and checkpoint would only spread the NaN."""
         rate = self.config.learning_rate_at(self.step - 1)
-        raise DivergedError(
-            f"training diverged at step {self.step} (loss {loss:g} at learning rate {rate:g}): "
-            f"the weights became NaN or infinite; lower --learning-rate (e.g. {rate / 10:g}) "
+        return DivergedError(
+            f"training diverged at step {self.step} ({symptom} at learning rate {rate:g}): the "
+            f"model produces NaN or infinite values; lower --learning-rate (e.g. {rate / 10:g}) "
             "and train again into a new --out"
         )
 
@@ -144,6 +143,8 @@ class Trainer:
         for z in self.validation:
             lr, hr = self.pairs.read_pair(int(z), y, x, size)
             sr = self.model(torch.from_numpy(np.ascontiguousarray(lr))[None, None].to(self.device))
+            if not bool(torch.isfinite(sr).all()):
+                raise self.diverged("non-finite validation output")
             scores.append(psnr(sr[0, 0].float().clamp(0, 1).cpu().numpy(), hr, data_range=1.0))
         return float(np.mean(scores))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from emsr.checkpoint import CONFIG, file_sha256, save_checkpoint, weights_path
@@ -48,10 +49,27 @@ def env(prefect_server) -> dict[str, str]:
     return prefect_server.environment()
 
 
+def with_voxel_size(path: Path, voxel_size: list[float]) -> None:
+    """Rewrite an OME-Zarr group's scale, as a foreign tool with a bug might have written it."""
+    document = json.loads((path / "zarr.json").read_text())
+    multiscale = document["attributes"]["ome"]["multiscales"][0]
+    multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] = voxel_size
+    (path / "zarr.json").write_text(json.dumps(document))
+
+
 @pytest.fixture(scope="module")
-def volumes(phantom, tmp_path_factory) -> dict[str, str]:
+def volumes(phantom, lr_url, tmp_path_factory) -> dict[str, str]:
     """Inputs for the bad-input matrix, each wrong in one way."""
     root = tmp_path_factory.mktemp("inputs")
+    for name, voxel in (("nan_voxel", [float("nan"), 8.0, 8.0]), ("zero_voxel", [40.0, 0.0, 8.0])):
+        write_array(str(root / f"{name}.zarr"), phantom.lr, phantom.lr_voxel_nm)
+        with_voxel_size(root / f"{name}.zarr", voxel)
+    zarr.create_array(str(root / "empty.zarr"), shape=(2, 64, 0), dtype="uint8", chunks=(1, 32, 32))
+    (root / "link.zarr").symlink_to(lr_url, target_is_directory=True)
+    (root / "precomputed").mkdir()
+    (root / "precomputed" / "info").write_text('{"@type": "neuroglancer_multiscale_volume"}')
+    (root / "données").mkdir()
+    (root / "données" / "a_file").write_text("not a directory")
     flat = zarr.create_array(
         str(root / "flat.zarr"), shape=(64, 80), dtype="uint8", chunks=(32, 32)
     )
@@ -71,7 +89,10 @@ def volumes(phantom, tmp_path_factory) -> dict[str, str]:
     (root / "model.pt").write_bytes(pickle.dumps({"weights": 1}))
     (root / "a_file").write_text("not a directory")
     names = {"flat": "flat.zarr", "int32": "int32.zarr", "nan": "nan.zarr", "pickle": "model.pt",
-             "4d": "4d.zarr", "existing": "existing.zarr", "a_file": "a_file"}  # fmt: skip
+             "4d": "4d.zarr", "existing": "existing.zarr", "a_file": "a_file",
+             "nan_voxel": "nan_voxel.zarr", "zero_voxel": "zero_voxel.zarr", "link": "link.zarr",
+             "empty": "empty.zarr", "precomputed": "precomputed",
+             "unicode_file": "données/a_file"}  # fmt: skip
     return {key: str(root / name) for key, name in names.items()}
 
 
@@ -101,6 +122,22 @@ def foreign_checkpoints(checkpoint_dir, tmp_path_factory) -> dict[str, str]:
     config["model"] = json.loads((checkpoint_dir / CONFIG).read_text())["model"]
     (other / CONFIG).write_text(json.dumps(config))
     return {"corrupt": str(corrupt), "other_architecture": str(other)}
+
+
+@pytest.fixture(scope="module")
+def diverged_checkpoint(checkpoint_dir, tmp_path_factory) -> str:
+    """A checkpoint whose weights are all NaN with a hash that matches them, as a diverged
+    training run used to leave behind."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path_factory.mktemp("diverged")
+    shutil.copytree(checkpoint_dir, copy, dirs_exist_ok=True)
+    weights = weights_path(copy)
+    save_file({n: t.fill_(float("nan")) for n, t in load_file(str(weights)).items()}, str(weights))
+    config = json.loads((copy / CONFIG).read_text())
+    config["sha256"] = file_sha256(weights)
+    (copy / CONFIG).write_text(json.dumps(config))
+    return str(copy)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +194,40 @@ BAD_INPUTS = {
         ["{lr}", "{out}", "--cluster", "kubernetes"],
         "'local', 'slurm' or 'tcp://HOST:PORT'",
     ),
+    # Outputs that overlap an input: refused before anything is deleted or written.
+    "output is the input": (
+        ["{lr}", "{lr}", "--overwrite"],
+        "overlaps the input",
+    ),
+    "output inside the input": (["{lr}", "{lr}/0/sr.zarr"], "overlaps the input"),
+    "output is a symlink to the input": (["{lr}", "{link}", "--overwrite"], "overlaps the input"),
+    "output inside the checkpoint": (["{lr}", "{checkpoint}/sr.zarr"], "overlaps the input"),
+    "output holds a precomputed volume": (
+        ["{lr}", "zarr3://{precomputed}", "--overwrite"],
+        "holds a precomputed volume",
+    ),
+    # Sizes checked against the volume and the machine, never silently rounded.
+    "tile far smaller than the halo": (["{lr}", "{out}", "--tile", "3"], "the pixels it keeps"),
+    "tile not a window multiple": (["{lr}", "{out}", "--tile", "34"], "use 32 or 36"),
+    "negative halo": (["{lr}", "{out}", "--halo", "-1"], "--halo at least 0"),
+    "halo wider than the sections": (["{lr}", "{out}", "--halo", "10000"], "wider than the"),
+    "too many local workers": (["{lr}", "{out}", "--workers", "1000"], "more than this machine"),
+    # Pre-flight: an environment that cannot run the blocks leaves no output behind.
+    "unreachable scheduler": (
+        ["{lr}", "{out}", "--cluster", "tcp://127.0.0.1:9"],
+        "no Dask scheduler answers",
+    ),
+    "garbled scheduler address": (["{lr}", "{out}", "--cluster", "tcp://host"], "bad scheduler"),
+    "SLURM settings missing": (
+        ["{lr}", "{out}", "--cluster", "slurm", "--slurm-config", "{tmp}/absent.yaml"],
+        "SLURM",
+    ),
+    "cuda without a GPU": (["{lr}", "{out}", "--device", "cuda"], "no CUDA device"),
+    "voxel size NaN": (["{nan_voxel}", "{out}"], "voxel size (nan, 8, 8) nm"),
+    "voxel size zero": (["{zero_voxel}", "{out}"], "declares voxel size (40, 0, 8) nm"),
+    "input 0 px wide": (["{empty}", "{out}"], "is empty"),
+    "diverged checkpoint": (["{lr}", "{out}", "--checkpoint", "{diverged}"], "diverged"),
+    "non-ASCII path in a storage error": (["{lr}", "{unicode_file}/sr.zarr"], "données/a_file"),
 }
 
 
@@ -169,19 +240,24 @@ def test_bad_input_is_one_line_and_exit_2(
     checkpoint_dir,
     tampered_checkpoint,
     foreign_checkpoints,
+    diverged_checkpoint,
     tmp_path,
 ):
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     arguments, expected = BAD_INPUTS[case]
     names = {**volumes, **foreign_checkpoints, "lr": lr_url, "out": str(tmp_path / "sr.zarr"),
-             "tmp": str(tmp_path), "tampered": tampered_checkpoint}  # fmt: skip
+             "tmp": str(tmp_path), "tampered": tampered_checkpoint,
+             "diverged": diverged_checkpoint, "checkpoint": str(checkpoint_dir)}  # fmt: skip
     filled = [argument.format(**names) for argument in arguments]
     if "--checkpoint" not in filled:
         filled += ["--checkpoint", str(checkpoint_dir)]
-    inputs_before = tree_digest(Path(volumes["flat"]).parent)
+    read = [Path(volumes["flat"]).parent, Path(lr_url), Path(checkpoint_dir)]
+    before = [tree_digest(root) for root in read]
     result = emsr("super-resolve", *SMALL, *filled, env=env)
     assert_one_error_line(result, expected)
     assert not (tmp_path / "sr.zarr").exists() or case == "NaN in float input"
-    assert tree_digest(Path(volumes["flat"]).parent) == inputs_before
+    assert [tree_digest(root) for root in read] == before
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
