@@ -121,7 +121,7 @@ def test_train_mistakes_are_one_line(arguments, expected, env, lr_url, hr_url, t
     result = emsr("train", "--lr", lr_url, "--hr", hr_url, *out, *filled, "--steps", "1",
                   "--patch", "16", "--device", "cpu", env=env)  # fmt: skip
     assert_one_error_line(result, expected)
-    assert "--:" not in result.stderr
+    assert "error: --:" not in result.stderr
     assert not (tmp_path / "ckpt").exists()
 
 
