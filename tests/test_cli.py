@@ -207,9 +207,12 @@ BAD_INPUTS = {
         "holds a precomputed volume",
     ),
     # Sizes checked against the volume and the machine, never silently rounded.
-    "tile far smaller than the halo": (["{lr}", "{out}", "--tile", "3"], "the pixels it keeps"),
+    "tile far smaller than the halo": (
+        ["{lr}", "{out}", "--tile", "4", "--halo", "16"],
+        "the pixels it keeps",
+    ),
     "tile not a window multiple": (["{lr}", "{out}", "--tile", "34"], "use 32 or 36"),
-    "negative halo": (["{lr}", "{out}", "--halo", "-1"], "--halo at least 0"),
+    "negative halo": (["{lr}", "{out}", "--halo", "-1"], "--halo: Input should be greater than"),
     "halo wider than the sections": (["{lr}", "{out}", "--halo", "10000"], "wider than the"),
     "too many local workers": (["{lr}", "{out}", "--workers", "1000"], "more than this machine"),
     # Pre-flight: an environment that cannot run the blocks leaves no output behind.
