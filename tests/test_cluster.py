@@ -104,7 +104,8 @@ def test_missing_sbatch_says_slurm_is_not_available(monkeypatch, tmp_path):
 def test_shipped_slurm_settings_ask_for_one_gpu_and_forward_prefect_api_url():
     options = slurm_cluster_options(DEFAULT_SLURM_CONFIG, {"PREFECT_API_URL": PREFECT_URL})
     assert "--gres=gpu:1" in options["job_extra_directives"]
-    assert options["worker_extra_args"][:2] == ["--resources", "GPU=1"]
+    arguments = " ".join(options["worker_extra_args"])
+    assert "--resources GPU=1" in arguments and "--preload pipeline.gpu_pinning" in arguments
     assert f"export PREFECT_API_URL={PREFECT_URL}" in options["job_script_prologue"]
     assert options["job_name"] != slurm_cluster_options(DEFAULT_SLURM_CONFIG, {})["job_name"]
 

@@ -31,8 +31,9 @@ def test_each_position_gets_its_own_device():
 def test_local_workers_are_pinned_one_device_each(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, preload=[PRELOAD], dashboard_address=":0")
-        as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, preload=[PRELOAD], dashboard_address=":0"
+        ) as cluster,
         Client(cluster) as client,
     ):
         seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
