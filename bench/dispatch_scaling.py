@@ -39,7 +39,7 @@ import torch
 from distributed import Client
 from model_throughput import cpu_name
 
-from emsr.intensity import IntensityRange
+from emsr.intensity import IntensityMapping, IntensityRange
 from pipeline.block import BlockOutcome, BlockTask
 from pipeline.cluster import connect
 from pipeline.dispatch import Dispatcher
@@ -79,7 +79,8 @@ def stand_in_task(output_url: str) -> BlockTask:
     return BlockTask(
         input_url=output_url, output_url=output_url, checkpoint_dir="unused",
         checkpoint_sha256="0" * 64, scale=2, lattice=TileLattice((512, 512), 16),
-        intensity=IntensityRange(0.0, 255.0), device="cpu",
+        intensity=IntensityMapping.symmetric(IntensityRange(0.0, 255.0), np.uint8, "dtype"),
+        device="cpu",
     )  # fmt: skip
 
 

@@ -91,7 +91,7 @@ class PeakMemory:
 def super_resolve_chunk(chunk: np.ndarray, task: BlockTask) -> np.ndarray:
     """One overlapped LR chunk (z, core + 2·halo, core + 2·halo) → its stored SR core."""
     predictor = cached_predictor(
-        task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size
+        task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size, task.precision
     )
     height, width = chunk.shape[1:]
     padding = [(0, 0), (0, -height % 4), (0, -width % 4)]

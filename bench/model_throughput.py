@@ -40,7 +40,10 @@ def macs_per_lr_pixel(preset: str, scale: int) -> float:
 
 
 def throughput(preset: str, scale: int, device: str, tile: int, batch: int, repeats: int) -> float:
-    predictor = Predictor(build_model(preset, scale), device=device, batch_size=batch)
+    predictor = Predictor(
+        build_model(preset, scale), device=device, batch_size=batch,
+        precision="bf16" if device == "cuda" else "fp32",
+    )  # fmt: skip
     tiles = torch.rand(batch, tile, tile).numpy()
     predictor(tiles)
     if device == "cuda":

@@ -158,7 +158,9 @@ def in_process_pass(run: PreparedRun, threads: int) -> Clock:
     stitching, quantising, writes) without Dask."""
     torch.set_num_threads(threads)
     task = run.task
-    cached_predictor(task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size)
+    cached_predictor(
+        task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size, task.precision
+    )
     with Clock() as clock:
         for block in run.plan.blocks():
             process_block(task, block)

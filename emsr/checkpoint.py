@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -266,13 +266,41 @@ def training_state_path(directory: str | Path) -> Path:
     return _named_file(directory, config, TRAINING_STATE)
 
 
+SCALES = (2, 3, 4)
+OPTIONAL_PARTS = ("res_blocks", "gates")
+"""Architecture counts that may be 0; every other count needs at least 1."""
+
+
+def architecture_problem(model: ModelConfig) -> str | None:
+    """What makes `model` unbuildable or meaningless, or None: checked before building, so a
+    hand-edited config.json is one clear line instead of a traceback deep in the network."""
+    for part in fields(model):
+        value, kind = getattr(model, part.name), type(part.default)
+        if type(value) is not kind:
+            return f"{part.name} must be {kind.__name__}, not {value!r}"
+        if kind is int and value < (0 if part.name in OPTIONAL_PARTS else 1):
+            return f"{part.name} must be at least {0 if part.name in OPTIONAL_PARTS else 1}"
+    if model.scale not in SCALES:
+        return f"scale must be one of {', '.join(map(str, SCALES))}, not {model.scale}"
+    if model.channels % model.heads:
+        return f"{model.heads} heads do not divide {model.channels} channels"
+    return None
+
+
 def _model_config(directory: Path, config: dict) -> ModelConfig:
     try:
-        return ModelConfig(**config["model"])
+        model = ModelConfig(**config["model"])
     except (KeyError, TypeError) as error:
         raise CheckpointError(
             f"{directory / CONFIG} describes an architecture this version cannot build ({error})"
         ) from None
+    problem = architecture_problem(model)
+    if problem:
+        raise CheckpointError(
+            f"{directory / CONFIG} describes an invalid architecture ({problem}); "
+            "re-copy the checkpoint or retrain"
+        )
+    return model
 
 
 def _load_weights(path: Path, model: EMSR) -> None:

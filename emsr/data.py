@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from emsr.errors import DataError
-from emsr.intensity import SUPPORTED_DTYPES, IntensityRange
+from emsr.intensity import SUPPORTED_DTYPES, IntensityRange, mapping_record
 
 
 def numpy_dtype(volume: Any) -> np.dtype:
@@ -51,6 +51,13 @@ class PairedVolumes:
             )
         ranges = IntensityRange.of_dtype(numpy_dtype(lr)), IntensityRange.of_dtype(numpy_dtype(hr))
         return cls(lr, hr, scale, *ranges)
+
+    def normalization(self) -> dict:
+        """The mappings a checkpoint records, so inference maps intensities as training did."""
+        return {
+            "lr": mapping_record(self.lr_range, numpy_dtype(self.lr)),
+            "hr": mapping_record(self.hr_range, numpy_dtype(self.hr)),
+        }
 
     @property
     def sections(self) -> int:

@@ -1,9 +1,13 @@
 """Running a trained model on LR tiles and on whole sections.
 
-`Predictor` owns the device-specific choices (bf16 autocast and channels_last on CUDA, fixed
-batch shapes) so that callers only hand it float32 tiles in [0, 1]. Batches are always padded
-to the same size: on CPU this keeps every tile's arithmetic identical whatever else shares
-its batch, which is what makes blockwise output independent of the block shape.
+`Predictor` owns the device-specific choices (the arithmetic precision, channels_last on
+CUDA, fixed batch shapes) so that callers only hand it float32 tiles in [0, 1]. Batches are
+always padded to the same size: on CPU this keeps every tile's arithmetic identical whatever
+else shares its batch, which is what makes blockwise output independent of the block shape.
+
+Precision is a choice with measured consequences (BENCHMARKS.md, "Precision"): fp32 is the
+reference; bf16 and fp16 run under autocast, faster on GPUs but with 8 and 11 significant
+bits, which a 16-bit output resolves and an 8-bit one barely does.
 """
 
 from __future__ import annotations
@@ -14,6 +18,36 @@ import torch.nn.functional as F
 
 from emsr.errors import DataError
 from emsr.network import EMSR
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+NUMERICS_VERSION = 1
+"""Bumped by any change that alters output values (model arithmetic, intensity mapping,
+no-data rules); part of every run's configuration key, so two versions never mix."""
+
+
+def default_precision(output_dtype: np.dtype, device_type: str) -> str:
+    """The precision a run uses unless told: bf16 only on CUDA and only for 8-bit outputs,
+    where it changes stored values by at most a few levels; fp32 elsewhere (16-bit and float
+    outputs resolve bf16's rounding, and on CPU bf16 is no faster). See BENCHMARKS.md."""
+    if device_type == "cuda" and np.dtype(output_dtype) == np.uint8:
+        return "bf16"
+    return "fp32"
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise DataError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
+
+
+def device_class(device: str) -> str:
+    """The kind of device ("cpu" or "cuda") `device` means on this machine; unlike
+    `resolve_device` it does not refuse CUDA here, as a cluster's workers may have it."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -31,12 +65,12 @@ class Predictor:
     """Batched, gradient-free forward passes of one model on one device."""
 
     def __init__(
-        self, model: EMSR, device: str = "auto", batch_size: int = 4, bf16: bool = True
+        self, model: EMSR, device: str = "auto", batch_size: int = 4, precision: str = "fp32"
     ) -> None:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.scale = model.config.scale
-        self.autocast = self.device.type == "cuda" and bf16
+        self.precision = check_precision(precision)
         memory_format = (
             torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         )
@@ -46,7 +80,8 @@ class Predictor:
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         inputs = torch.from_numpy(batch[:, None]).to(self.device, memory_format=self.memory_format)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        autocast = _AUTOCAST_DTYPES.get(self.precision)
+        with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
             outputs = self.model(inputs)
         return outputs[:, 0].float().cpu().numpy()
 

@@ -168,10 +168,7 @@ class Trainer:
             self.model,
             preset=self.config.preset,
             step=self.step,
-            normalization={
-                "lr": self.pairs.lr_range.to_dict(),
-                "hr": self.pairs.hr_range.to_dict(),
-            },
+            normalization=self.pairs.normalization(),
             metadata=metadata,
             training_state=self.training_state(),
         )

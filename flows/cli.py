@@ -299,7 +299,13 @@ def super_resolve(
         typer.Option(help="LR context per tile side, px; unset: 16, or more if the model needs it"),
     ] = None,
     scale: Annotated[int | None, typer.Option(help="must match the checkpoint")] = None,
-    normalization: Annotated[str, typer.Option(help="auto, dtype or percentile")] = "auto",
+    normalization: Annotated[
+        str, typer.Option(help="checkpoint (the training mapping), dtype or percentile")
+    ] = "checkpoint",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+    compute_empty: Annotated[
+        bool, typer.Option(help="compute tiles that see only zeros and no data")
+    ] = False,
     cluster: Annotated[str, typer.Option(help="local, slurm or tcp://HOST:PORT")] = "local",
     workers: Annotated[int, typer.Option()] = 2,
     threads_per_worker: Annotated[int, typer.Option()] = 1,
@@ -325,7 +331,8 @@ def super_resolve(
         block=triple(block, "--block"), chunk=triple(chunk, "--chunk"),
         shard=triple(shard, "--shard"), roi=roi, roi_nm=roi_nm,
         voxel_size=voxel_size_option(voxel_size), tile=tile, halo=halo, scale=scale,
-        normalization=normalization, cluster=cluster, workers=workers,
+        normalization=normalization, precision=precision, compute_empty=compute_empty,
+        cluster=cluster, workers=workers,
         threads_per_worker=threads_per_worker, device=device, batch_size=batch_size,
         retries=retries, max_failures=max_failures, block_timeout=block_timeout,
         **({"worker_wait": worker_wait} if worker_wait else {}), overwrite=overwrite,

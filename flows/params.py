@@ -42,7 +42,13 @@ class SuperResolveParams(BaseModel):
     tile: int = Field(DEFAULT_TILE, description="LR tile core, pixels")
     halo: int | None = Field(None, ge=0, description="LR context per tile, px; unset: 16 or more")
     scale: int | None = Field(None, description="expected scale; must match the checkpoint")
-    normalization: Literal["auto", "dtype", "percentile"] = "auto"
+    normalization: Literal["checkpoint", "dtype", "percentile"] = Field(
+        "checkpoint", description="intensity mapping: the checkpoint's, or an explicit override"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="model arithmetic; auto: bf16 for uint8 on CUDA, else fp32"
+    )
+    compute_empty: bool = Field(False, description="compute tiles that see only zeros/no data")
     cluster: str = Field("local", description="local, slurm or tcp://HOST:PORT")
     workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(1, ge=1)

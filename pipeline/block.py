@@ -20,7 +20,7 @@ import tensorstore as ts
 from emsr.checkpoint import read_checkpoint
 from emsr.errors import CheckpointError, DataError
 from emsr.inference import Predictor
-from emsr.intensity import IntensityRange
+from emsr.intensity import FILL_VALUE, IntensityMapping, is_empty, no_data
 from pipeline.geometry import Box
 from pipeline.plan import PlannedBlock
 from pipeline.tiles import TileLattice, cut_tiles, read_window_indices, stitch_cores
@@ -37,9 +37,11 @@ class BlockTask:
     checkpoint_sha256: str
     scale: int
     lattice: TileLattice
-    intensity: IntensityRange
+    intensity: IntensityMapping
     device: str = "auto"
     batch_size: int = 4
+    precision: str = "fp32"
+    compute_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ def cached_volume(url: str) -> Volume:
 
 
 @lru_cache(maxsize=2)
-def cached_predictor(checkpoint_dir: str, sha256: str, device: str, batch_size: int) -> Predictor:
+def cached_predictor(
+    checkpoint_dir: str, sha256: str, device: str, batch_size: int, precision: str = "fp32"
+) -> Predictor:
     """One model per worker process and checkpoint, loaded once."""
     checkpoint = read_checkpoint(checkpoint_dir)
     if checkpoint.sha256 != sha256:
@@ -64,7 +68,7 @@ def cached_predictor(checkpoint_dir: str, sha256: str, device: str, batch_size: 
             f"{checkpoint_dir} changed while the run was going on (sha256 {checkpoint.sha256[:12]}…"
             f" ≠ {sha256[:12]}…); restart the run"
         )
-    return Predictor(checkpoint.model, device=device, batch_size=batch_size)
+    return Predictor(checkpoint.model, device=device, batch_size=batch_size, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -129,24 +133,80 @@ def slab_cover(block: PlannedBlock, slab: Box, halo: int) -> Box:
     return Box((slab.begin[0], *cover.begin[1:]), (slab.end[0], *cover.end[1:]))  # type: ignore[arg-type]
 
 
+def empty_tiles(raw: np.ndarray, lattice: TileLattice) -> np.ndarray:
+    """Which tiles of `cut_tiles` order see nothing but zeros and no data (halo included).
+
+    Decided per tile of the global lattice, so skipping them keeps the output independent of
+    the block shape."""
+    return np.array([is_empty(tile) for tile in cut_tiles(raw, lattice)])
+
+
 def super_resolve_region(
-    predictor: Predictor, region: np.ndarray, lattice: TileLattice, cover: Box
+    predictor: Predictor,
+    region: np.ndarray,
+    lattice: TileLattice,
+    cover: Box,
+    skipped: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Normalised LR region (tiles + halo) → SR float32 array of the cover."""
-    outputs = predictor(cut_tiles(region, lattice))
+    """Normalised LR region (tiles + halo) → SR float32 array of the cover; `skipped` tiles
+    are not computed (their cores hold 0)."""
+    tiles = cut_tiles(region, lattice)
+    if skipped is None:
+        outputs = predictor(tiles)
+    else:
+        s = predictor.scale
+        outputs = np.zeros((len(tiles), s * tiles.shape[1], s * tiles.shape[2]), np.float32)
+        if not skipped.all():
+            outputs[~skipped] = predictor(tiles[~skipped])
     return stitch_cores(outputs, lattice, cover.shape, predictor.scale)
+
+
+def fill_mask(
+    raw: np.ndarray, skipped: np.ndarray | None, lattice: TileLattice, cover: Box, scale: int
+) -> np.ndarray | None:
+    """HR voxels of the cover to store as fill: under no-data LR pixels or skipped tiles."""
+    halo = lattice.halo
+    mask = no_data(raw[:, halo : halo + cover.shape[1], halo : halo + cover.shape[2]])
+    if skipped is not None and skipped.any():
+        (sections, height, width), (ty, tx) = cover.shape, lattice.core
+        grid = skipped.reshape(sections, height // ty, width // tx)
+        tiles = np.repeat(np.repeat(grid, ty, axis=1), tx, axis=2)
+        mask = tiles if mask is None else mask | tiles
+    if mask is None:
+        return None
+    return np.repeat(np.repeat(mask, scale, axis=1), scale, axis=2)
+
+
+def check_finite(values: np.ndarray, box: Box, precision: str) -> None:
+    """Nothing non-finite is ever stored: the input was bounded, so this is the model."""
+    if not np.isfinite(values).all():
+        raise DataError(
+            f"the model produced NaN or Inf for output box {box} from bounded input (its "
+            f"weights overflow at --precision {precision}); try --precision fp32, or retrain"
+        )
 
 
 def compute_box(
     task: BlockTask, predictor: Predictor, raw: np.ndarray, cover: Box, box: Box, dtype: np.dtype
 ) -> np.ndarray:
-    """The stored values of the HR `box`, from the raw LR region read for `cover`."""
-    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-        raise DataError(f"the input has NaN or Inf values near output box {box}; clean it first")
-    sr = super_resolve_region(predictor, task.intensity.normalize(raw), task.lattice, cover)
+    """The stored values of the HR `box`, from the raw LR region read for `cover`.
+
+    No-data LR pixels give fill; tiles seeing only zeros and no data are skipped and give
+    fill unless `task.compute_empty`."""
+    skipped = None if task.compute_empty else empty_tiles(raw, task.lattice)
+    sr = super_resolve_region(
+        predictor, task.intensity.normalize(raw), task.lattice, cover, skipped
+    )
     s = task.scale
     origin = (cover.begin[0], s * cover.begin[1], s * cover.begin[2])
-    return task.intensity.denormalize(sr[box.shift(_negate(origin)).slices()], dtype)
+    crop = box.shift(_negate(origin)).slices()
+    check_finite(sr[crop], box, task.precision)
+    stored = task.intensity.denormalize(sr[crop], dtype)
+    check_finite(stored, box, task.precision)
+    mask = fill_mask(raw, skipped, task.lattice, cover, s)
+    if mask is not None:
+        stored[mask[crop]] = FILL_VALUE
+    return stored
 
 
 def process_block(task: BlockTask, block: PlannedBlock) -> BlockOutcome:
@@ -155,7 +215,7 @@ def process_block(task: BlockTask, block: PlannedBlock) -> BlockOutcome:
     started = time.perf_counter()
     source, target = cached_volume(task.input_url), cached_volume(task.output_url)
     predictor = cached_predictor(
-        task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size
+        task.checkpoint_dir, task.checkpoint_sha256, task.device, task.batch_size, task.precision
     )
     steps = block_slabs(task, block.write, target.info.chunk[0])
     covers = [slab_cover(block, slab, task.lattice.halo) for slab in steps]

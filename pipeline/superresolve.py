@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from emsr.checkpoint import Checkpoint, read_checkpoint
-from emsr.intensity import IntensityRange
+from emsr.inference import NUMERICS_VERSION, check_precision, default_precision, device_class
+from emsr.intensity import IntensityMapping
 from pipeline.block import BlockTask
 from pipeline.cluster import connect
 from pipeline.dispatch import WORKER_WAIT_S, Dispatcher, RunProgress, RunReport, raise_for_failures
-from pipeline.errors import LedgerError, PlanError, VolumeError
+from pipeline.errors import LedgerError, PlanError
+from pipeline.fingerprint import input_fingerprint
 from pipeline.geometry import Box, Triple
 from pipeline.ledger import DoneLedger, configuration_hash
+from pipeline.normalization import choose_intensity
 from pipeline.plan import BlockPlan
 from pipeline.preflight import check_can_start, check_input, check_tiling
 from pipeline.seams import choose_halo, sample_sections
@@ -60,7 +63,9 @@ class SuperResolveRequest:
     halo: int | None = None
     """LR px around each tile; None: `DEFAULT_HALO`, raised to the checkpoint's validated halo."""
     scale: int | None = None
-    normalization: str = "auto"
+    normalization: str = "checkpoint"
+    precision: str = "auto"
+    compute_empty: bool = False
     cluster: str = "local"
     workers: int = 2
     threads_per_worker: int = 1
@@ -76,7 +81,8 @@ class SuperResolveRequest:
 
 @dataclass(frozen=True)
 class PreparedRun:
-    """A checked request: the task every block shares, the plan and the configuration key."""
+    """A checked request: the task every block shares, the plan and the ledger's key (the
+    configuration key joined with the block grid, which gives the ledger's marks meaning)."""
 
     task: BlockTask
     plan: BlockPlan
@@ -95,28 +101,6 @@ def default_block(chunk: Triple, scale: int, tile: int) -> Triple:
     return (max(chunk[0], DEFAULT_BLOCK_SECTIONS // chunk[0] * chunk[0]), *in_plane)  # type: ignore[return-value]
 
 
-def choose_intensity(source: Volume, normalization: str) -> IntensityRange:
-    """The one mapping to [0, 1] for the whole volume: the dtype's range for integers, a
-    percentile pass over evenly spaced sections for floats (or when asked)."""
-    if normalization not in ("auto", "dtype", "percentile"):
-        raise PlanError(f"--normalization must be auto, dtype or percentile, not {normalization!r}")
-    integer = np.issubdtype(source.info.dtype, np.integer)
-    if normalization == "dtype" or (normalization == "auto" and integer):
-        return IntensityRange.of_dtype(source.info.dtype)
-    sections, height, width = source.info.shape
-    picks = np.unique(np.linspace(0, sections - 1, num=min(8, sections)).astype(int))
-    crop = (
-        slice((height - min(height, 1024)) // 2, None),
-        slice((width - min(width, 1024)) // 2, None),
-    )
-    sample = np.concatenate(
-        [source.read((slice(z, z + 1), crop[0], crop[1])).ravel()[: 1 << 20] for z in picks]
-    )
-    if not np.isfinite(sample).all():
-        raise VolumeError(f"{source.info.url} contains NaN or Inf values; clean it first")
-    return IntensityRange.from_percentiles(sample)
-
-
 def check_scale(request: SuperResolveRequest, checkpoint: Checkpoint) -> int:
     if request.scale is not None and request.scale != checkpoint.scale:
         raise PlanError(
@@ -126,27 +110,46 @@ def check_scale(request: SuperResolveRequest, checkpoint: Checkpoint) -> int:
     return checkpoint.scale
 
 
-def output_attributes(request: SuperResolveRequest, configuration: dict, key: str) -> dict:
+def output_attributes(request: SuperResolveRequest, provenance: dict, key: str) -> dict:
     """Provenance stored with the output: the configuration, its hash and the version."""
     return {
         "version": version("emsr-pipeline"),
         "configuration_hash": key,
         "checkpoint_dir": str(Path(request.checkpoint).resolve()),
-        **configuration,
+        **provenance,
     }
 
 
+def configuration_mismatch(request: SuperResolveRequest, stored: dict, configuration: dict) -> str:
+    """One line naming what differs between an existing output's configuration and ours."""
+    output = redact(request.output_url)
+    before, now = stored.get("input_fingerprint"), configuration["input_fingerprint"]
+    if stored.get("input") == configuration["input"] and before not in (None, now):
+        return (
+            f"the input {redact(request.input_url)} changed since {output} was computed from it "
+            "(its metadata or sampled content differ): restore it, or pass --overwrite to "
+            "recompute the whole output, or choose another output"
+        )
+    changed = [name for name, value in configuration.items() if stored.get(name) != value]
+    return (
+        f"{output} was written with another configuration ({', '.join(changed) or 'version'} "
+        "differ); pass --overwrite to replace it or choose another output"
+    )
+
+
 def create_output(
-    request: SuperResolveRequest, source: Volume, scale: int, chunk: Triple, attributes: dict
-) -> Volume:
+    request: SuperResolveRequest, source: Volume, configuration: dict, chunk: Triple,
+    attributes: dict,
+) -> Volume:  # fmt: skip
     """Create the output (or reopen it) and refuse one written with another configuration.
 
     The output covers the input's field: same corner in the world, voxels 1/scale in y, x."""
     z, y, x = source.info.shape
+    scale = configuration["scale"]
     output = create_volume(
         request.output_url,
         (z, y * scale, x * scale),
-        source.info.dtype,
+        np.dtype(configuration["output_dtype"]),
         output_voxel_size(source, scale),
         chunk,
         shard=request.shard,
@@ -154,12 +157,9 @@ def create_output(
         attributes=attributes,
         overwrite=request.overwrite,
     )
-    if output.read_attributes().get("configuration_hash") != attributes["configuration_hash"]:
-        raise LedgerError(
-            f"{redact(request.output_url)} was written with another configuration "
-            f"(input, checkpoint, tiles or blocks differ); pass --overwrite to replace it "
-            "or choose another output"
-        )
+    stored = output.read_attributes()
+    if stored.get("configuration_hash") != attributes["configuration_hash"]:
+        raise LedgerError(configuration_mismatch(request, stored, configuration))
     return output
 
 
@@ -179,6 +179,35 @@ def output_roi(request: SuperResolveRequest, source: Volume, scale: int) -> Box 
     if roi.empty:
         raise PlanError(f"--roi-nm {request.roi_nm} covers no output voxel")
     return roi
+
+
+def run_configuration(
+    request: SuperResolveRequest, source: Volume, checkpoint: Checkpoint, lattice: TileLattice,
+    intensity: IntensityMapping,
+) -> dict:  # fmt: skip
+    """Everything that changes the output's values, and nothing that does not (blocks,
+    chunks, batch size, workers): the configuration key is its hash, so a rerun that would
+    compute other values is refused and one that would not may resume."""
+    device = device_class(request.device)
+    precision = (
+        default_precision(intensity.output_dtype, device)
+        if request.precision == "auto"
+        else check_precision(request.precision)
+    )
+    return {
+        "input": redact(request.input_url),
+        "input_fingerprint": input_fingerprint(source),
+        "checkpoint_sha256": checkpoint.sha256,
+        "architecture": checkpoint.model.config.to_dict(),
+        "scale": checkpoint.scale,
+        "lattice": {"core": list(lattice.core), "halo": lattice.halo},
+        "intensity": intensity.to_dict(),
+        "output_dtype": intensity.output_dtype,
+        "precision": precision,
+        "device_class": device,
+        "compute_empty": request.compute_empty,
+        "numerics_version": NUMERICS_VERSION,
+    }
 
 
 def prepare(request: SuperResolveRequest) -> PreparedRun:
@@ -208,7 +237,7 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     chunk = request.chunk or default_chunk(output_shape)
     write_unit = request.shard or chunk
     block = request.block or default_block(write_unit, scale, request.tile)
-    intensity = choose_intensity(source, request.normalization)
+    intensity = choose_intensity(source, request.normalization, checkpoint)
     halo = choose_halo(
         request.halo, checkpoint, request.tile,
         lambda tile: sample_sections(source.array, intensity, tile),
@@ -219,20 +248,12 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
         Box.from_shape(output_shape), block, write_unit, request.roi,
         scale=scale, tile=lattice.core, halo=lattice.halo,
     )  # fmt: skip
-    configuration = {
-        "input": redact(request.input_url),
-        "checkpoint_sha256": checkpoint.sha256,
-        "scale": scale,
-        "lattice": {"core": list(lattice.core), "halo": lattice.halo},
-        "intensity": intensity.to_dict(),
-        "batch_size": request.batch_size,
-        "output_dtype": source.info.dtype.name,
-        "block": list(block),
-        "chunk": list(chunk),
-    }
+    configuration = run_configuration(request, source, checkpoint, lattice, intensity)
     key = configuration_hash(configuration)
-    attributes = output_attributes(request, configuration, key)
-    output = create_output(request, source, scale, chunk, attributes)
+    provenance = {**configuration, "block": list(block), "chunk": list(chunk),
+                  "batch_size": request.batch_size}  # fmt: skip
+    attributes = output_attributes(request, provenance, key)
+    output = create_output(request, source, configuration, chunk, attributes)
     task = BlockTask(
         input_url=request.input_url,
         output_url=request.output_url,
@@ -241,10 +262,13 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
         scale=scale,
         lattice=lattice,
         intensity=intensity,
-        device=request.device,
+        device=configuration["device_class"],
         batch_size=request.batch_size,
+        precision=configuration["precision"],
+        compute_empty=request.compute_empty,
     )
-    return PreparedRun(task, plan, key, output, attributes)
+    ledger_key = configuration_hash({"configuration_hash": key, "block": list(block)})
+    return PreparedRun(task, plan, ledger_key, output, attributes)
 
 
 def super_resolve(

@@ -78,9 +78,8 @@ def volumes(phantom, lr_url, tmp_path_factory) -> dict[str, str]:
         str(root / "int32.zarr"), shape=(2, 64, 80), dtype="int32", chunks=(1, 32, 32)
     )
     wide[:] = 1
-    nan = phantom.lr.astype(np.float32) / 255
-    nan[1, 10, 10] = np.nan
-    write_array(str(root / "nan.zarr"), nan, phantom.lr_voxel_nm)
+    write_array(str(root / "float.zarr"), phantom.lr.astype(np.float32) / 255, phantom.lr_voxel_nm)
+    write_array(str(root / "blank.zarr"), np.full((2, 64, 80), 0.5, np.float32), (30.0, 8.0, 8.0))
     four = zarr.create_array(
         str(root / "4d.zarr"), shape=(1, 2, 64, 80), dtype="uint8", chunks=(1, 1, 32, 32)
     )
@@ -88,11 +87,12 @@ def volumes(phantom, lr_url, tmp_path_factory) -> dict[str, str]:
     write_array(str(root / "existing.zarr"), np.zeros((3, 50, 50), np.uint8), (1.0, 1.0, 1.0))
     (root / "model.pt").write_bytes(pickle.dumps({"weights": 1}))
     (root / "a_file").write_text("not a directory")
-    names = {"flat": "flat.zarr", "int32": "int32.zarr", "nan": "nan.zarr", "pickle": "model.pt",
+    names = {"flat": "flat.zarr", "int32": "int32.zarr", "pickle": "model.pt",
              "4d": "4d.zarr", "existing": "existing.zarr", "a_file": "a_file",
              "nan_voxel": "nan_voxel.zarr", "zero_voxel": "zero_voxel.zarr", "link": "link.zarr",
              "empty": "empty.zarr", "precomputed": "precomputed",
-             "unicode_file": "données/a_file"}  # fmt: skip
+             "unicode_file": "données/a_file", "float": "float.zarr",
+             "blank": "blank.zarr"}  # fmt: skip
     return {key: str(root / name) for key, name in names.items()}
 
 
@@ -108,7 +108,8 @@ def tree_digest(root: Path) -> str:
 @pytest.fixture(scope="module")
 def foreign_checkpoints(checkpoint_dir, tmp_path_factory) -> dict[str, str]:
     """A checkpoint whose weights are truncated (hash updated to match, so only loading can
-    tell) and one whose weights belong to another architecture."""
+    tell), one whose weights belong to another architecture, and hand-edited configs that
+    describe no valid architecture."""
     root = tmp_path_factory.mktemp("foreign")
     corrupt, other = root / "corrupt", root / "other"
     shutil.copytree(checkpoint_dir, corrupt)
@@ -121,7 +122,14 @@ def foreign_checkpoints(checkpoint_dir, tmp_path_factory) -> dict[str, str]:
     config = json.loads((other / CONFIG).read_text())
     config["model"] = json.loads((checkpoint_dir / CONFIG).read_text())["model"]
     (other / CONFIG).write_text(json.dumps(config))
-    return {"corrupt": str(corrupt), "other_architecture": str(other)}
+    edited = {}
+    for name, edit in (("heads_3", {"heads": 3}), ("window_0", {"window": 0})):
+        shutil.copytree(checkpoint_dir, root / name)
+        config = json.loads((root / name / CONFIG).read_text())
+        config["model"].update(edit)
+        (root / name / CONFIG).write_text(json.dumps(config))
+        edited[name] = str(root / name)
+    return {"corrupt": str(corrupt), "other_architecture": str(other), **edited}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +165,21 @@ BAD_INPUTS = {
     "unknown scheme": (["ftp://host/em", "{out}"], "unknown volume URL"),
     "2-D input": (["{flat}", "{out}"], "rank 2"),
     "unsupported dtype": (["{int32}", "{out}"], "int32"),
-    "NaN in float input": (["{nan}", "{out}"], "NaN"),
+    "float input to a model trained on uint8": (["{float}", "{out}"], "trained on uint8"),
+    "blank volume with --normalization percentile": (
+        ["{blank}", "{out}", "--normalization", "percentile"],
+        "degenerate range",
+    ),
+    "unknown normalization": (["{lr}", "{out}", "--normalization", "auto"], "--normalization"),
+    "unknown precision": (["{lr}", "{out}", "--precision", "fp8"], "--precision"),
+    "checkpoint heads do not divide its channels": (
+        ["{lr}", "{out}", "--checkpoint", "{heads_3}"],
+        "3 heads do not divide 16 channels",
+    ),
+    "checkpoint with window 0": (
+        ["{lr}", "{out}", "--checkpoint", "{window_0}"],
+        "window must be at least 1",
+    ),
     "block not chunk-aligned": (
         ["{lr}", "{out}", "--block", "2,40,64"],
         "whole number of output chunks",
@@ -259,8 +281,23 @@ def test_bad_input_is_one_line_and_exit_2(
     before = [tree_digest(root) for root in read]
     result = emsr("super-resolve", *SMALL, *filled, env=env)
     assert_one_error_line(result, expected)
-    assert not (tmp_path / "sr.zarr").exists() or case == "NaN in float input"
+    assert not (tmp_path / "sr.zarr").exists()
     assert [tree_digest(root) for root in read] == before
+
+
+def test_input_replaced_under_a_resumable_run_is_one_line_and_changes_nothing(
+    env, phantom, checkpoint_dir, tmp_path
+):
+    source, output = tmp_path / "lr.zarr", tmp_path / "sr.zarr"
+    write_array(str(source), phantom.lr, phantom.lr_voxel_nm)
+    arguments = [str(source), str(output), "--checkpoint", str(checkpoint_dir), *SMALL]
+    assert emsr("super-resolve", *arguments, env=env).returncode == 0
+    shutil.rmtree(source)
+    write_array(str(source), 255 - phantom.lr, phantom.lr_voxel_nm)
+    inputs_before, outputs_before = tree_digest(source), tree_digest(output)
+    result = emsr("super-resolve", *arguments, env=env)
+    assert_one_error_line(result, "changed since")
+    assert (tree_digest(source), tree_digest(output)) == (inputs_before, outputs_before)
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flaky import FaultyBlocks, attempts, block_name, fault_kind, picked
 
+from emsr.checkpoint import load_checkpoint, save_checkpoint
 from emsr.phantom import PhantomSpec, make_phantom
 from pipeline.cluster import connect
 from pipeline.dispatch import Dispatcher, RunReport, raise_for_failures
@@ -133,13 +134,15 @@ def test_block_failing_every_time_is_recorded_as_failed_and_the_run_goes_on(
     assert np.array_equal(open_volume(job.output_url).read(ALL), soak_reference)
 
 
-def test_user_error_in_a_block_is_not_retried(phantom, checkpoint_dir, cluster_address, tmp_path):
-    values = phantom.lr.astype(np.float32) / 255
-    values[0, 10, 10] = np.nan
-    lr = tmp_path / "nan.zarr"
-    write_array(str(lr), values, phantom.lr_voxel_nm)
-    job = job_for(str(lr), tmp_path / "sr.zarr", checkpoint_dir, cluster_address,
-                  block=(2, 64, 64), normalization="dtype")  # fmt: skip
+def test_user_error_in_a_block_is_not_retried(lr_url, checkpoint_dir, cluster_address, tmp_path):
+    """Weights so large that the model overflows: a block's output would be NaN."""
+    model = load_checkpoint(checkpoint_dir)
+    for parameter in model.parameters():
+        parameter.data.mul_(1e30)
+    huge = tmp_path / "huge"
+    save_checkpoint(huge, model, preset="small", step=0,
+                    normalization={"lr": {"low": 0.0, "high": 255.0}})  # fmt: skip
+    job = job_for(lr_url, tmp_path / "sr.zarr", huge, cluster_address, block=(2, 64, 64))
     records = tmp_path / "attempts"
     records.mkdir()
     report, _ = dispatch(job, FaultyBlocks(str(records)))
