@@ -35,6 +35,7 @@ from pipeline.urls import (
     parse_volume_url,
     redact,
     refuse_overlap,
+    reported,
 )
 from pipeline.volumes import Volume, create_volume, open_volume, require_voxel_size
 from pipeline.world import Voxel, WorldBox
@@ -237,7 +238,9 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     chunk = request.chunk or default_chunk(output_shape)
     write_unit = request.shard or chunk
     block = request.block or default_block(write_unit, scale, request.tile)
-    intensity = choose_intensity(source, request.normalization, checkpoint)
+    reading = parse_volume_url(request.input_url)
+    with reported("read", request.input_url, reading):
+        intensity = choose_intensity(source, request.normalization, checkpoint)
     halo = choose_halo(
         request.halo, checkpoint, request.tile,
         lambda tile: sample_sections(source.array, intensity, tile),
@@ -248,7 +251,8 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
         Box.from_shape(output_shape), block, write_unit, request.roi,
         scale=scale, tile=lattice.core, halo=lattice.halo,
     )  # fmt: skip
-    configuration = run_configuration(request, source, checkpoint, lattice, intensity)
+    with reported("read", request.input_url, reading):
+        configuration = run_configuration(request, source, checkpoint, lattice, intensity)
     key = configuration_hash(configuration)
     provenance = {**configuration, "block": list(block), "chunk": list(chunk),
                   "batch_size": request.batch_size}  # fmt: skip

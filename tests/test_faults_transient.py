@@ -134,15 +134,20 @@ def test_block_failing_every_time_is_recorded_as_failed_and_the_run_goes_on(
     assert np.array_equal(open_volume(job.output_url).read(ALL), soak_reference)
 
 
-def test_user_error_in_a_block_is_not_retried(lr_url, checkpoint_dir, cluster_address, tmp_path):
-    """Weights so large that the model overflows: a block's output would be NaN."""
+def test_user_error_in_a_block_is_not_retried(phantom, checkpoint_dir, cluster_address, tmp_path):
+    """Weights so large that the model overflows (its output would be NaN), on an input that
+    is blank (so skipped) except in block 0's corner: only block 0 fails."""
     model = load_checkpoint(checkpoint_dir)
     for parameter in model.parameters():
         parameter.data.mul_(1e30)
     huge = tmp_path / "huge"
     save_checkpoint(huge, model, preset="small", step=0,
                     normalization={"lr": {"low": 0.0, "high": 255.0}})  # fmt: skip
-    job = job_for(lr_url, tmp_path / "sr.zarr", huge, cluster_address, block=(2, 64, 64))
+    corner = np.zeros_like(phantom.lr)
+    corner[:2, :8, :8] = phantom.lr[:2, :8, :8]
+    lr = tmp_path / "corner.zarr"
+    write_array(str(lr), corner, phantom.lr_voxel_nm)
+    job = job_for(str(lr), tmp_path / "sr.zarr", huge, cluster_address, block=(2, 64, 64))
     records = tmp_path / "attempts"
     records.mkdir()
     report, _ = dispatch(job, FaultyBlocks(str(records)))

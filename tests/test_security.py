@@ -285,14 +285,17 @@ def test_s3_url_with_credentials_is_refused_without_showing_them():
     assert_no_secret(str(refusal.value))
 
 
-def test_failing_block_of_a_credentialed_input_hides_the_secret(
+def test_unreadable_chunk_of_a_credentialed_input_hides_the_secret(
     served_lr, checkpoint_dir, env, tmp_path
 ):
+    """The input's fingerprint reads sampled chunks before anything is created (in this small
+    volume, every one), so the broken chunk is refused before any block runs."""
     source = with_credentials(served_lr, "broken/lr.zarr")
     output = str(tmp_path / "sr.zarr")
     arguments = [source, output, "--checkpoint", str(checkpoint_dir), "--workers", "1", *SMALL]
     result = emsr("super-resolve", *arguments, env=env)
-    assert result.returncode == 2 and "failed after 3 attempts" in result.stderr
+    assert result.returncode == 2 and "error: cannot read http://***@" in result.stderr
+    assert not Path(output).exists()
     assert_no_secret(result.stdout + result.stderr)
 
 
