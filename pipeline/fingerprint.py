@@ -47,6 +47,7 @@ def input_fingerprint(source: Volume) -> dict:
         "dtype": info.dtype.name,
         "voxel_size_nm": [float(v) for v in info.voxel_size_nm],
         "offset": list(info.offset),
+        "origin_nm": [float(v) for v in info.origin_nm],
         "sampled_chunks": len(boxes),
         "content_sha256": digest.hexdigest(),
     }
