@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from emsr.checkpoint import CONFIG, read_checkpoint
 from emsr.errors import CheckpointError
 from emsr.inference import Predictor
 from pipeline.errors import LedgerError
-from pipeline.ledger import LEDGER_DIR
+from pipeline.ledger import ledger_root
 from pipeline.superresolve import SuperResolveRequest, super_resolve
 from pipeline.volumes import open_volume, write_array
 
@@ -37,7 +38,7 @@ def run(lr_url, output, checkpoint, cluster, **options) -> np.ndarray:
 
 def forget_blocks(output, blocks: list[int]) -> None:
     """Unmark `blocks` in the ledger and zero the output, as if the run died before them."""
-    (ledger,) = (output / LEDGER_DIR).iterdir()
+    (ledger,) = Path(ledger_root(str(output))["path"]).iterdir()
     store = zarr.open_array(str(ledger), mode="r+")
     done = store[:]
     done[blocks] = 0
