@@ -35,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from host_overhead import NoOpPredictor, run_blocks
+from host_overhead import UINT8_MAPPING, NoOpPredictor, run_blocks
 from model_throughput import BF16_PEAK_TFLOPS, cpu_name, macs_per_lr_pixel
 
 import pipeline.block as block_path
 from emsr.checkpoint import read_checkpoint, save_checkpoint
-from emsr.intensity import IntensityRange
+from emsr.inference import default_precision
 from emsr.network import ATTENTION_KERNELS, build_model, use_attention_kernel
 from emsr.phantom import PhantomSpec, make_phantom
 from pipeline.block import BlockTask, process_block
@@ -193,8 +193,8 @@ def end_to_end_row(args: argparse.Namespace, device: torch.device, folder: Path)
     plan = BlockPlan(Box.from_shape(hr_shape), default_block(chunk, scale, args.tile), chunk,
                      scale=scale, tile=lattice.core, halo=lattice.halo)  # fmt: skip
     task = BlockTask(lr_url, sr_url, str(checkpoint), sha, scale, lattice,
-                     IntensityRange.of_dtype(np.uint8), device=str(device),
-                     batch_size=args.batch)  # fmt: skip
+                     UINT8_MAPPING, device=str(device), batch_size=args.batch,
+                     precision=default_precision(np.uint8, device.type))  # fmt: skip
     process_block(task, plan.planned(0))  # load the model, warm up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -217,7 +217,8 @@ def end_to_end_row(args: argparse.Namespace, device: torch.device, folder: Path)
     return {
         "kind": "end_to_end", "preset": args.preset, "scale": scale, "lr_shape": list(lr_shape),
         "lr_gigabytes": round(lr_pixels / 2**30, 2), "blocks": plan.block_count,
-        "threads": args.threads, "batch": args.batch, "seconds": round(seconds, 1),
+        "threads": args.threads, "batch": args.batch, "precision": task.precision,
+        "seconds": round(seconds, 1),
         "lr_px_per_s": round(lr_pixels / seconds),
         "bf16_peak_share": 2 * macs * computed / seconds / peak if peak else None,
         "gpu_memory_peak_gib": gpu_memory_peak(device), "gpu_utilisation_pct": sampler.mean(),
@@ -238,7 +239,7 @@ def host_overhead_row(args: argparse.Namespace, folder: Path) -> dict:
     plan = BlockPlan(Box.from_shape(hr_shape), default_block(chunk, scale, DEFAULT_TILE), chunk,
                      scale=scale, tile=lattice.core, halo=lattice.halo)  # fmt: skip
     task = BlockTask(lr_url, sr_url, "", "", scale, lattice,
-                     IntensityRange.of_dtype(np.uint8), device="cpu")  # fmt: skip
+                     UINT8_MAPPING, device="cpu")  # fmt: skip
     real = block_path.cached_predictor
     block_path.cached_predictor = lambda *_: NoOpPredictor(scale)
     try:
@@ -265,8 +266,8 @@ def markdown(rows: list[dict], name: str) -> str:
             )
         else:
             settings = (
-                f"×{row['scale']} end to end, {row['lr_gigabytes']} GB LR, {row['blocks']} "
-                f"blocks, {row['threads']} threads, {row['seconds']} s"
+                f"×{row['scale']} {row['precision']} end to end, {row['lr_gigabytes']} GB LR, "
+                f"{row['blocks']} blocks, {row['threads']} threads, {row['seconds']} s"
             )
         share = f"{100 * row['bf16_peak_share']:.1f} %" if row["bf16_peak_share"] else "–"
         memory = f"{row['gpu_memory_peak_gib']} GiB" if row["gpu_memory_peak_gib"] else "–"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import pipeline.block as block_path
-from emsr.intensity import IntensityRange
+from emsr.intensity import IntensityMapping, IntensityRange
 from pipeline.block import BlockTask, process_block, start_lr_read
 from pipeline.geometry import Box, Triple, parse_triple
 from pipeline.plan import BlockPlan
@@ -35,6 +35,9 @@ from pipeline.seams import DEFAULT_HALO
 from pipeline.superresolve import DEFAULT_TILE, default_block, default_chunk
 from pipeline.tiles import TileLattice, cut_tiles, stitch_cores
 from pipeline.volumes import create_volume, write_array
+
+UINT8_MAPPING = IntensityMapping.symmetric(IntensityRange.of_dtype(np.uint8), np.uint8, "dtype")
+"""The mapping of every uint8 run here: the dtype's range both ways."""
 
 
 class NoOpPredictor:
@@ -120,7 +123,7 @@ def main() -> None:
         lr_url, sr_url, plan = make_volumes(Path(scratch), lr_shape, args.scale)
         lattice = TileLattice.for_section(lr_shape[1:], DEFAULT_TILE, DEFAULT_HALO)
         task = BlockTask(lr_url, sr_url, scratch, "", args.scale, lattice,
-                         IntensityRange.of_dtype(np.uint8), device="cpu")  # fmt: skip
+                         UINT8_MAPPING, device="cpu")  # fmt: skip
         megapixels = np.prod(lr_shape) / 1e6
         runs = [run_blocks(task, plan) for _ in range(args.repeats)]
         wall, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
