@@ -15,7 +15,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_server import PrefectServer, running_server
 from slurm import SlurmUnavailable, single_node_slurm
 
-from emsr.checkpoint import save_checkpoint
+from emsr.checkpoint import ValidatedHalo, load_checkpoint, record_validated_halo, save_checkpoint
 from emsr.network import build_model
 from emsr.phantom import PhantomSpec, PhantomVolumes, make_phantom
 from pipeline.volumes import write_array
@@ -54,6 +54,22 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         normalization={"lr": {"low": 0.0, "high": 255.0}},
     )  # fmt: skip
     return directory
+
+
+@pytest.fixture
+def overflowing_checkpoint(checkpoint_dir: Path, tmp_path: Path) -> Path:
+    """Finite weights so large that the model's arithmetic overflows on any input (its output
+    would be NaN). It records a validated halo, as trained checkpoints do, so that a run gets
+    past prepare's seam measurement (which would refuse it) to the blocks, whose own
+    non-finite check is what it is for."""
+    model = load_checkpoint(checkpoint_dir)
+    for parameter in model.parameters():
+        parameter.data.mul_(1e30)
+    huge = tmp_path / "huge"
+    save_checkpoint(huge, model, preset="small", step=0,
+                    normalization={"lr": {"low": 0.0, "high": 255.0}})  # fmt: skip
+    record_validated_halo(huge, ValidatedHalo(halo=0, tile=4, seam_psnr_db=None, target_db=50.0))
+    return huge
 
 
 @pytest.fixture(scope="session")

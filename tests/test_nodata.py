@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emsr.checkpoint import load_checkpoint, save_checkpoint
 from emsr.intensity import FILL_VALUE
 from pipeline.errors import BlockFailedError
 from pipeline.superresolve import SuperResolveRequest, super_resolve
@@ -82,17 +81,6 @@ def test_tiles_that_see_only_zeros_are_skipped_as_fill_unless_asked(
     assert computed[:, :, :64].any()
     assert np.array_equal(skipped[:, :, 64:], computed[:, :, 64:])
     assert np.array_equal(skipped, other_blocks)
-
-
-@pytest.fixture
-def overflowing_checkpoint(checkpoint_dir, tmp_path):
-    """Finite weights so large that the model's arithmetic overflows on any input."""
-    model = load_checkpoint(checkpoint_dir)
-    for parameter in model.parameters():
-        parameter.data.mul_(1e30)
-    save_checkpoint(tmp_path / "huge", model, preset="small", step=0,
-                    normalization={"lr": {"low": 0.0, "high": 255.0}})  # fmt: skip
-    return tmp_path / "huge"
 
 
 def test_a_model_that_overflows_stores_nothing_and_says_so(
