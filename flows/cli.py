@@ -7,6 +7,7 @@ Heavy modules (torch, prefect, dask) are imported inside the commands so `--help
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ app = typer.Typer(
 USER_ERROR_EXIT = 2
 
 Triple = Annotated[str | None, typer.Option(metavar="Z,Y,X")]
+PREFECT_SERVICE_LOGGERS = ("EventsWorker", "APILogWorker")
 QUIET_DASK_LOGGING = {
     "distributed": "warning",
     "distributed.worker": "critical",
@@ -104,6 +106,11 @@ def main(
         # Local workers share this terminal; a block's failure reaches the user as our own
         # one line (with the block named), so the workers' tracebacks stay for --debug.
         os.environ.setdefault("DASK_LOGGING", repr(QUIET_DASK_LOGGING))
+        # Prefect's background senders log under their class names, outside "prefect", so
+        # PREFECT_LOGGING_LEVEL misses them; on a loaded machine "Still processing items"
+        # then follows the command's own last line.
+        for service in PREFECT_SERVICE_LOGGERS:
+            logging.getLogger(service).setLevel(logging.ERROR)
     # Read by dask when the command imports it; local workers then leave Ctrl-C to us.
     os.environ.setdefault(WORKER_PRELOAD_ENV, repr(["pipeline.interrupts"]))
 

@@ -195,10 +195,13 @@ def _read_slurm_spec(config: Path) -> dict[str, Any]:
 
 def local_gpu_options() -> dict[str, Any]:
     """On a GPU node, each local worker process gets its own GPU (the pinning preload) and
-    advertises it as `GPU=1`; without this every worker would compute on cuda:0."""
+    advertises it as `GPU=1`; without this every worker would compute on cuda:0. Preloads
+    set in dask's configuration (the CLI's Ctrl-C handling) are kept: an explicit `preload`
+    replaces them."""
     if node_gpu_count() == 0:
         return {}
-    return {"preload": [PRELOAD], "resources": {GPU_RESOURCE: 1}}
+    configured = dask.config.get("distributed.worker.preload", [])
+    return {"preload": [*configured, PRELOAD], "resources": {GPU_RESOURCE: 1}}
 
 
 @contextmanager

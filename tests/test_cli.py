@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import pickle
 import resource
 import shutil
@@ -374,3 +376,16 @@ def test_error_line_shows_brackets_as_written(message, capsys):
     with pytest.raises(typer.Exit):
         fail(message)
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_prefect_background_senders_stay_quiet_without_debug(monkeypatch):
+    """Their loggers sit outside "prefect": left alone, "EventsWorker - Still processing
+    items" follows the one error line whenever the server is slow to take events."""
+    from flows.cli import PREFECT_SERVICE_LOGGERS, main
+
+    monkeypatch.setattr("os.environ", dict(os.environ))
+    for name in PREFECT_SERVICE_LOGGERS:
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    main(debug=False)
+    assert logging.getLogger("EventsWorker").getEffectiveLevel() >= logging.ERROR
+    assert logging.getLogger("APILogWorker").getEffectiveLevel() >= logging.ERROR

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 
@@ -44,8 +45,13 @@ def test_emsr_local_cluster_on_a_gpu_node_pins_one_gpu_per_worker(monkeypatch):
     """`--cluster local --workers 2` on a two-GPU node: a worker per GPU, each advertising
     GPU=1, so block tasks ask for a GPU and go one at a time to each device."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    with connect("local", 2) as client:
+    with (
+        dask.config.set({"distributed.worker.preload": ["pipeline.interrupts"]}),
+        connect("local", 2) as client,
+    ):
         seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        preloads = client.run(lambda dask_worker: [p.name for p in dask_worker.preloads])
+        assert all(names == ["pipeline.interrupts", PRELOAD] for names in preloads.values())
         workers = client.scheduler_info()["workers"].values()
         assert sorted(seen.values()) == ["0", "1"]
         assert [w["resources"] for w in workers] == [{"GPU": 1}, {"GPU": 1}]
