@@ -354,20 +354,64 @@ def super_resolve(
 
 @app.command()
 @guarded
+def plan(
+    input_url: Annotated[str, typer.Argument(metavar="INPUT", help="LR volume URL")],
+    output_url: Annotated[str, typer.Argument(metavar="OUTPUT", help="SR volume URL")],
+    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint directory")] = None,
+    scale: Annotated[int | None, typer.Option(help="SR scale without --checkpoint")] = None,
+    block: Triple = None,
+    chunk: Triple = None,
+    shard: Triple = None,
+    roi: Annotated[str | None, typer.Option(metavar="z0:z1,y0:y1,x0:x1")] = None,
+    tile: Annotated[int, typer.Option(help="LR tile core, px")] = 512,
+    halo: Annotated[int, typer.Option(help="LR context per tile side, px")] = 16,
+    lr_px_per_s: Annotated[float | None, typer.Option(help="LR pixels/s per GPU")] = None,
+    measure: Annotated[bool, typer.Option(help="measure LR px/s with the checkpoint")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for --measure)")] = "auto",
+) -> None:
+    """Dry run of super-resolve: blocks, objects, bytes, memory, GPU-hours; writes nothing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.plan import PlanParams, plan_flow
+
+    params = PlanParams(
+        input_url=input_url, output_url=output_url,
+        checkpoint=str(checkpoint) if checkpoint else None, scale=scale,
+        block=triple(block, "--block"), chunk=triple(chunk, "--chunk"),
+        shard=triple(shard, "--shard"), roi=roi, tile=tile, halo=halo,
+        lr_px_per_s=lr_px_per_s, measure=measure, device=device,
+    )  # fmt: skip
+    table = Table("quantity", "value", title="super-resolve plan (nothing written)")
+    for name, value in run_flow(plan_flow, params):
+        table.add_row(name, value)
+    Console(width=120).print(table)  # the result: on stdout
+    done(f"plan of {output_url}: nothing was written")
+
+
+@app.command()
+@guarded
 def audit(
     sr: Annotated[str, typer.Option(help="super-resolved volume URL")],
-    out: Annotated[Path, typer.Option(help="folder for metrics.json and the plots")],
-    reference: Annotated[str | None, typer.Option(help="HR scan of the field (PSNR, SSIM)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for metrics.json, scores, map and plots")],
+    reference: Annotated[str | None, typer.Option(help="HR scan of (part of) the field")] = None,
     reference2: Annotated[str | None, typer.Option(help="a second HR scan (FRC)")] = None,
-    sr2: Annotated[str | None, typer.Option(help="SR of a second LR scan (FRC)")] = None,
+    sr2: Annotated[str | None, typer.Option(help="SR of a second LR scan (FRC, map)")] = None,
+    lr: Annotated[str | None, typer.Option(help="the LR scan (single-scan map)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="the run's checkpoint (--lr)")] = None,
     block: Annotated[str | None, typer.Option(metavar="Z,Y,X", help="audit block, voxels")] = None,
+    roi: Annotated[str | None, typer.Option(metavar="z0:z1,y0:y1,x0:x1")] = None,
+    cluster: Annotated[str, typer.Option(help="local, slurm or tcp://HOST:PORT")] = "local",
+    workers: Annotated[int, typer.Option()] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
-    """Audit SR quality: PSNR/SSIM per block against a reference, FRC between two scans."""
+    """Audit SR quality blockwise: PSNR/SSIM against a reference, FRC, a reference-free map."""
     from flows.audit import AuditParams, audit_metrics_flow, headline
 
     params = AuditParams(
         sr_url=sr, out=str(out), reference_url=reference, reference2_url=reference2,
-        sr2_url=sr2, block=triple(block, "--block"),
+        sr2_url=sr2, lr_url=lr, checkpoint=str(checkpoint) if checkpoint else None,
+        block=triple(block, "--block"), roi=roi, cluster=cluster, workers=workers, device=device,
     )  # fmt: skip
     result = run_flow(audit_metrics_flow, params)
     done(f"metrics: {result['metrics_json']} ({headline(result)})")

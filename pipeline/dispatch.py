@@ -28,7 +28,7 @@ from pipeline.batches import (
     finished_so_far,
     run_batch,
 )
-from pipeline.block import BlockTask, process_block
+from pipeline.block import BlockOutcome, BlockTask, process_block
 from pipeline.cluster import gpu_task_resources
 from pipeline.errors import BlockFailedError, ClusterError
 from pipeline.failures import FailedBlock, FailurePolicy, failure_error
@@ -121,9 +121,11 @@ class Dispatcher:
         block_timeout: float | None = None,
         worker_wait: float = WORKER_WAIT_S,
         submit: BlockFunction = process_block,
+        on_outcome: Callable[[int, BlockOutcome], None] | None = None,
     ) -> None:
         self.client, self.task, self.plan, self.ledger = client, task, plan, ledger
         self.function = submit
+        self.on_outcome = on_outcome
         self.resources = gpu_task_resources(client)
         self.window = Window(client)
         self.times = BlockTimes(block_timeout, MINIMUM_BLOCK_TIMEOUT_S)
@@ -191,6 +193,8 @@ class Dispatcher:
         for result in results:
             block = by_index[result.index]
             if result.outcome is not None:
+                if self.on_outcome:
+                    self.on_outcome(block.index, result.outcome)
                 self.ledger.mark_done(block.index, block.part)
                 self.failures.succeeded(block.index)
                 self.times.add(result.outcome.seconds)

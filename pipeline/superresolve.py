@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,11 @@ DEFAULT_TILE = 512
 pixels it writes; see BENCHMARKS.md for the halo's accuracy and the redundancy."""
 DEFAULT_BLOCK_SECTIONS = 16
 DEFAULT_CHUNK_YX = 512
+MAX_STORED_OBJECTS = 10**7
+"""Default sharding keeps an output within this many stored objects where it can: a 10¹⁵-
+voxel output in 512² chunks would otherwise be ~4 × 10⁹ files (inodes) or object-store keys."""
+MAX_SHARD_RATIO = 16
+"""At most 16 chunks per shard along each axis: 16 × 8192² voxels, 1 GiB of uint8."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,49 @@ def default_chunk(output_shape: Triple) -> Triple:
     return (1, min(DEFAULT_CHUNK_YX, output_shape[1]), min(DEFAULT_CHUNK_YX, output_shape[2]))
 
 
+def stored_objects(shape: Triple, unit: Triple) -> int:
+    """How many chunk or shard objects a volume of `shape` stored in `unit` boxes makes."""
+    return prod(-(-n // u) for n, u in zip(shape, unit))
+
+
+def default_shard(output_shape: Triple, chunk: Triple) -> Triple | None:
+    """The smallest shard of k × k × k chunks (k a power of 2, so precomputed's Morton order
+    can hold it) that keeps the output within `MAX_STORED_OBJECTS`; None (unsharded) when
+    single chunks already do. Capped at `MAX_SHARD_RATIO` chunks a side."""
+    ratio = 1
+    while (
+        stored_objects(output_shape, tuple(c * ratio for c in chunk)) > MAX_STORED_OBJECTS  # type: ignore[arg-type]
+        and ratio < MAX_SHARD_RATIO
+    ):
+        ratio *= 2
+    return None if ratio == 1 else tuple(c * ratio for c in chunk)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """The output's shape and how it is stored and cut: chunk, shard (None: unsharded), block."""
+
+    shape: Triple
+    chunk: Triple
+    shard: Triple | None
+    block: Triple
+
+    @property
+    def write_unit(self) -> Triple:
+        return self.shard or self.chunk
+
+
+def choose_layout(request: SuperResolveRequest, input_shape: Triple, scale: int) -> OutputLayout:
+    """The request's chunk, shard and block, each defaulted from the output size if not given
+    (a shard only when no chunk was given either: a chosen chunk is kept unsharded)."""
+    z, y, x = input_shape
+    shape = (z, y * scale, x * scale)
+    chunk = request.chunk or default_chunk(shape)
+    shard = request.shard or (None if request.chunk else default_shard(shape, chunk))
+    block = request.block or default_block(shard or chunk, scale, request.tile)
+    return OutputLayout(shape, chunk, shard, block)
+
+
 def default_block(chunk: Triple, scale: int, tile: int) -> Triple:
     """Blocks whose LR footprint is two tiles wide: no tile straddles two blocks."""
     in_plane = [-(-2 * tile * scale // c) * c for c in chunk[1:]]
@@ -139,21 +188,20 @@ def configuration_mismatch(request: SuperResolveRequest, stored: dict, configura
 
 
 def create_output(
-    request: SuperResolveRequest, source: Volume, configuration: dict, chunk: Triple,
+    request: SuperResolveRequest, source: Volume, configuration: dict, layout: OutputLayout,
     attributes: dict,
 ) -> Volume:  # fmt: skip
     """Create the output (or reopen it) and refuse one written with another configuration.
 
     The output covers the input's field: same corner in the world, voxels 1/scale in y, x."""
-    z, y, x = source.info.shape
     scale = configuration["scale"]
     output = create_volume(
         request.output_url,
-        (z, y * scale, x * scale),
+        layout.shape,
         np.dtype(configuration["output_dtype"]),
         output_voxel_size(source, scale),
-        chunk,
-        shard=request.shard,
+        layout.chunk,
+        shard=layout.shard,
         origin_nm=source.info.origin_nm,
         attributes=attributes,
         overwrite=request.overwrite,
@@ -234,10 +282,8 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     request = replace(request, roi=output_roi(request, source, scale), roi_nm=None)
     z, y, x = source.info.shape
     check_tiling(request.tile, request.halo or 0, checkpoint.model.config.window, (y, x))
-    output_shape = (z, y * scale, x * scale)
-    chunk = request.chunk or default_chunk(output_shape)
-    write_unit = request.shard or chunk
-    block = request.block or default_block(write_unit, scale, request.tile)
+    layout = choose_layout(request, (z, y, x), scale)
+    chunk, block = layout.chunk, layout.block
     reading = parse_volume_url(request.input_url)
     with reported("read", request.input_url, reading):
         intensity = choose_intensity(source, request.normalization, checkpoint)
@@ -248,7 +294,7 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     window = checkpoint.model.config.window
     lattice = TileLattice.for_section((y, x), request.tile, halo, window)
     plan = BlockPlan(
-        Box.from_shape(output_shape), block, write_unit, request.roi,
+        Box.from_shape(layout.shape), block, layout.write_unit, request.roi,
         scale=scale, tile=lattice.core, halo=lattice.halo,
     )  # fmt: skip
     with reported("read", request.input_url, reading):
@@ -257,7 +303,7 @@ def prepare(request: SuperResolveRequest) -> PreparedRun:
     provenance = {**configuration, "block": list(block), "chunk": list(chunk),
                   "batch_size": request.batch_size}  # fmt: skip
     attributes = output_attributes(request, provenance, key)
-    output = create_output(request, source, configuration, chunk, attributes)
+    output = create_output(request, source, configuration, layout, attributes)
     task = BlockTask(
         input_url=request.input_url,
         output_url=request.output_url,
