@@ -45,7 +45,7 @@ from flows.extract_pairs import ExtractPairsParams
 from flows.params import SuperResolveParams, TrainParams
 from flows.super_resolve import super_resolve_flow
 from flows.train import train_flow
-from pipeline.audit import audit
+from pipeline.audit.run import audit
 from pipeline.errors import VolumeError
 from pipeline.pairs import extract_pairs
 from pipeline.superresolve import SuperResolveRequest, output_source, prepare
