@@ -34,7 +34,7 @@ from pipeline.volumes import write_array
 
 SCALE = 2
 FULL = {"train": (8, 256, 256), "test": (4, 512, 768), "block": (1, 128, 128), "steps": 400}
-QUICK = {"train": (4, 128, 128), "test": (2, 256, 320), "block": (1, 64, 64), "steps": 40}
+QUICK = {"train": (4, 128, 128), "test": (4, 256, 320), "block": (2, 64, 64), "steps": 40}
 NOISE_RANGE = (0.02, 0.25)  # LR noise std per block column, [0, 1] intensities
 
 

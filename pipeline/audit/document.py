@@ -121,13 +121,21 @@ def map_statistics(resolution_nm: np.ndarray) -> dict:
 
 
 def write_quality_map(
-    out_dir: Path, resolution_nm: np.ndarray, block: Triple, voxel_nm: tuple[float, float, float]
+    out_dir: Path,
+    resolution_nm: np.ndarray,
+    block: Triple,
+    voxel_nm: tuple[float, float, float],
+    origin_nm: tuple[float, float, float],
 ) -> str:
-    """The map as an OME-Zarr volume whose voxel is one audit block; returns its path."""
+    """The map as an OME-Zarr volume whose voxel is one audit block, at the SR's world
+    origin; returns its path."""
     path = str(Path(out_dir) / QUALITY_MAP)
     cell_nm = tuple(v * b for v, b in zip(voxel_nm, block))
     chunk = tuple(min(c, n) for c, n in zip(MAP_CHUNK, resolution_nm.shape))
-    volume = create_volume(path, resolution_nm.shape, "float32", cell_nm, chunk, overwrite=True)  # type: ignore[arg-type]
+    volume = create_volume(
+        path, resolution_nm.shape, "float32", cell_nm, chunk,  # type: ignore[arg-type]
+        origin_nm=origin_nm, overwrite=True,
+    )  # fmt: skip
     volume.write((slice(None),) * 3, resolution_nm)
     return path
 

@@ -1,10 +1,11 @@
 """The audit's inputs: open the volumes, check that they image one grid, place a reference that
 covers only part of the SR volume by its origin, and find the intensity range PSNR uses.
 
-Volumes are compared on the SR's voxel grid. A reference (an HR scan) may be any box of it:
-its first voxel lies at its origin minus the SR's (both in voxels of the same size), and only
-where the two overlap is audited. Second scans (`sr2`, `reference2`) and the LR of the
-single-scan quality map must cover the SR volume exactly.
+Volumes are compared on the SR's voxel grid. A reference (an HR scan) may be any box of it,
+placed by the two volumes' world origins (voxel 0's corner in nm: precomputed's
+`voxel_offset`, OME-Zarr's translation), and only where the two overlap is audited. Second
+scans (`sr2`, `reference2`) and the LR of the single-scan quality map must cover the SR
+volume exactly.
 """
 
 from __future__ import annotations
@@ -57,8 +58,15 @@ def reference_box(sr: VolumeInfo, reference: VolumeInfo) -> Box:
             f"reference {reference.url} is {reference.dtype} but SR {sr.url} is "
             f"{sr.dtype}: PSNR and SSIM need both on the same intensity scale"
         )
-    origin = tuple(r - s for r, s in zip(reference.offset, sr.offset))
-    placed = Box.from_shape(reference.shape, origin)  # type: ignore[arg-type]
+    voxels = np.subtract(reference.origin_nm, sr.origin_nm) / np.asarray(sr.voxel_size_nm)
+    origin = np.rint(voxels).astype(int)
+    if not np.allclose(voxels, origin, atol=1e-3):
+        raise DataError(
+            f"reference {reference.url} starts at {reference.origin_nm} nm, "
+            f"{tuple(voxels.round(3).tolist())} SR voxels from SR {sr.url}'s origin: it must "
+            "lie on the SR's voxel grid"
+        )
+    placed = Box.from_shape(reference.shape, tuple(origin.tolist()))  # type: ignore[arg-type]
     if placed.intersect(Box.from_shape(sr.shape)).empty:
         raise DataError(
             f"reference {reference.url} (voxels {placed} of the SR grid) does not overlap SR "

@@ -191,7 +191,9 @@ def audit(request: AuditRequest, on_progress: ProgressCallback | None = None) ->
     comparisons = compare_frc(volumes, request.frc_sections, step)
     map_path = None
     if quality or request.sr2_url:
-        map_path = write_quality_map(out_dir, reduction.resolution_nm, block, voxel_nm or (1, 1, 1))
+        map_path = write_quality_map(
+            out_dir, reduction.resolution_nm, block, voxel_nm or (1, 1, 1), sr.origin_nm
+        )
     context = {
         "inputs": {role: redact(url) if url else None for role, url in request.urls().items()},
         "shape": list(sr.shape),
