@@ -364,7 +364,7 @@ def plan(
     shard: Triple = None,
     roi: Annotated[str | None, typer.Option(metavar="z0:z1,y0:y1,x0:x1")] = None,
     tile: Annotated[int, typer.Option(help="LR tile core, px")] = 512,
-    halo: Annotated[int, typer.Option(help="LR context per tile side, px")] = 16,
+    halo: Annotated[int | None, typer.Option(help="LR context per tile side, px")] = None,
     lr_px_per_s: Annotated[float | None, typer.Option(help="LR pixels/s per GPU")] = None,
     measure: Annotated[bool, typer.Option(help="measure LR px/s with the checkpoint")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for --measure)")] = "auto",

@@ -9,7 +9,7 @@ from flows.params import VolumeURL
 from flows.states import fail_on_user_error
 from pipeline.estimate import estimate_run
 from pipeline.geometry import Box
-from pipeline.superresolve import DEFAULT_HALO, DEFAULT_TILE, SuperResolveRequest
+from pipeline.superresolve import DEFAULT_TILE, SuperResolveRequest
 
 Triple = tuple[int, int, int]
 
@@ -26,7 +26,7 @@ class PlanParams(BaseModel):
     shard: Triple | None = None
     roi: str | None = Field(None, description="output region z0:z1,y0:y1,x0:x1")
     tile: int = DEFAULT_TILE
-    halo: int = DEFAULT_HALO
+    halo: int | None = Field(None, description="LR px per tile side (default: the run's)")
     batch_size: int = Field(4, ge=1)
     device: str = "auto"
     lr_px_per_s: float | None = Field(None, gt=0, description="LR pixels/s per GPU")

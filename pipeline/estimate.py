@@ -21,6 +21,7 @@ from pipeline.block import slab_sections
 from pipeline.geometry import Box, Triple
 from pipeline.ledger import LEDGER_CHUNK
 from pipeline.plan import BlockPlan
+from pipeline.seams import DEFAULT_HALO
 from pipeline.superresolve import SuperResolveRequest, choose_layout, stored_objects
 from pipeline.tiles import TileLattice
 from pipeline.urls import absolute_url, parse_volume_url, redact
@@ -118,7 +119,8 @@ def estimate_run(
     window = checkpoint.model.config.window if checkpoint else 4
     info = source.info
     layout = choose_layout(request, info.shape, scale)
-    lattice = TileLattice.for_section(info.shape[1:], request.tile, request.halo, window)  # type: ignore[arg-type]
+    halo = DEFAULT_HALO if request.halo is None else request.halo  # a run may raise it
+    lattice = TileLattice.for_section(info.shape[1:], request.tile, halo, window)  # type: ignore[arg-type]
     plan = BlockPlan(
         Box.from_shape(layout.shape), layout.block, layout.write_unit, request.roi,
         scale=scale, tile=lattice.core, halo=lattice.halo,
