@@ -14,7 +14,7 @@ like sections of one stack), which halves the estimate's scatter between blocks.
 Why not the SR of complementary sub-samplings of the LR (even vs odd pixels)? At EM sampling
 the LR is not oversampled, so the two halves alias differently: their correlation at high
 frequency then measures aliasing, not noise. On the phantom that map ranked blocks with
-Spearman ρ 0.28 against the truth's, recorruption 0.57-0.73 (EXPERIMENTS.md). A checkerboard
+Spearman ρ 0.28 against the truth's, recorruption 0.57-0.73 offline (EXPERIMENTS.md). A checkerboard
 split of the SR output fails too: the network mixes neighbouring pixels, so the two halves'
 noise correlates.
 """
@@ -63,11 +63,15 @@ def recorrupted_resolution_px(
     """Resolution (SR px) of `block` from SR pairs of the recorrupted, normalised LR region
     `lr` read for `lr_box`. The draws are seeded by the block's position: a rerun (or a
     resumed audit) measures the same value."""
-    if min(lr.shape[1:]) < 3:
-        return math.nan
-    sigma = np.float32(estimate_noise_sigma(lr))
-    rng = np.random.default_rng(zlib.crc32(str(block).encode()))
     scale = predictor.scale
+    footprint = block.in_plane_footprint(scale).shift(tuple(-b for b in lr_box.begin))  # type: ignore[arg-type]
+    own = lr[footprint.slices()]
+    if min(own.shape[1:]) < 3:
+        return math.nan
+    # σ of the block's own pixels: the margin may hold neighbours of other noise levels, and
+    # a z weaker than the block's noise leaves shared noise in both results
+    sigma = np.float32(estimate_noise_sigma(own))
+    rng = np.random.default_rng(zlib.crc32(str(block).encode()))
     origin = (lr_box.begin[0], scale * lr_box.begin[1], scale * lr_box.begin[2])
     crop = block.shift(tuple(-o for o in origin)).slices()  # type: ignore[arg-type]
     firsts, seconds = [], []
