@@ -9,7 +9,7 @@ with the per-block FRC of the SR against the truth by Spearman's ρ. Writes
 `quality_map_validation.json`.
 
     .venv/bin/python bench/quality_map_validation.py            # EXPERIMENTS.md's numbers
-    .venv/bin/python bench/quality_map_validation.py --quick    # the test's (~1 min)
+    .venv/bin/python bench/quality_map_validation.py --quick    # ~30 min on 2 loaded vCPUs
 """
 
 from __future__ import annotations
