@@ -106,7 +106,10 @@ class Dispatcher:
     block_timeout: seconds a block may run (None: 10 × the median block, at least
         `MINIMUM_BLOCK_TIMEOUT_S`, once 5 blocks are done).
     worker_wait: seconds to wait for a worker when none is left before failing the run.
-    submit: the per-block function (`process_block`; tests and benchmarks pass others).
+    submit: the per-block function (`process_block`; the audit, tests and benchmarks pass
+        others).
+    on_outcome: called with each finished block's index and outcome before the ledger marks
+        it done (the audit stores its scores this way).
     """
 
     def __init__(
