@@ -19,6 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 if TYPE_CHECKING:
     from pipeline.dispatch import RunProgress
@@ -45,7 +46,11 @@ class ProgressReport:
     def __init__(self, description: str, unit: str) -> None:
         self.description, self.unit = description, unit
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
+            # The name never gives way to the operator's figures on a narrow terminal.
+            TextColumn(
+                "[bold]{task.description}",
+                table_column=Column(no_wrap=True, min_width=len(description)),
+            ),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),

@@ -252,7 +252,7 @@ BAD_INPUTS = {
     "cuda without a GPU": (["{lr}", "{out}", "--device", "cuda"], "no CUDA device"),
     "voxel size NaN": (["{nan_voxel}", "{out}"], "voxel size (nan, 8, 8) nm"),
     "voxel size zero": (["{zero_voxel}", "{out}"], "declares voxel size (40, 0, 8) nm"),
-    "input 0 px wide": (["{empty}", "{out}"], "is empty"),
+    "input 0 px wide": (["{empty}", "{out}", "--voxel-size", "50,30,30"], "is empty"),
     "diverged checkpoint": (["{lr}", "{out}", "--checkpoint", "{diverged}"], "diverged"),
     "non-ASCII path in a storage error": (["{lr}", "{unicode_file}/sr.zarr"], "données/a_file"),
 }
